@@ -1,0 +1,398 @@
+"""Function CRUD: CreateFunction, GetFunction(Configuration), ListFunctions, UpdateFunctionCode,
+UpdateFunctionConfiguration, DeleteFunction and GetAccountSettings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from faas.api.model import empty_response, json_response, operation
+from faas.api.shapes import function_configuration
+from faas.arn import LATEST, FunctionRef
+from faas.errors import (
+    REVISION_MISMATCH,
+    InvalidParameterValueException,
+    PreconditionFailedException,
+    ResourceConflictException,
+    ValidationException,
+    function_not_found,
+    validation_message,
+)
+from faas.runtime.spawner import RuntimeUnavailable, reserved_keys
+from faas.services import SERVICES, Services
+from faas.store.code import CodePackage
+from faas.store.records import FunctionConfig, FunctionVersion, LoggingSettings
+
+# Runtimes Lambda accepts for new functions, in the order AWS lists them in its error message.
+SUPPORTED_RUNTIMES = (
+    "nodejs20.x", "python3.14", "provided.al2023", "python3.12", "python3.13", "nodejs24.x", "nodejs22.x",
+    "java25", "python3.10", "python3.11", "java21", "ruby3.3", "ruby3.4", "ruby3.2", "python3.8", "python3.9",
+    "java17", "nodejs16.x", "dotnet10", "dotnet8", "java11", "dotnet6", "nodejs18.x", "provided.al2",
+    "java8.al2",
+)
+MAX_TIMEOUT = 900
+MAX_MEMORY = 10240
+MAX_TAGS = 50
+PAGE_LIMIT = 50
+
+
+def _runtime_invalid(params: dict[str, Any], errors: list[str]) -> None:
+    """AWS answers a runtime outside the enum with InvalidParameterValueException and its own wording."""
+    if any(" at 'runtime' " in e for e in errors):
+        raise InvalidParameterValueException(
+            f"Value {params.get('Runtime')} at 'runtime' failed to satisfy constraint: Member must satisfy enum "
+            f"value set: [{', '.join(SUPPORTED_RUNTIMES)}] or be a valid ARN"
+        )
+
+
+def _check_runtime(runtime: str | None) -> None:
+    if runtime is None or runtime in SUPPORTED_RUNTIMES:
+        return
+    raise InvalidParameterValueException(
+        f"The runtime parameter of {runtime} is no longer supported for creating or updating AWS Lambda "
+        "functions. We recommend you use a supported runtime while creating or updating functions."
+    )
+
+
+def _check_ranges(params: dict[str, Any]) -> None:
+    """Service limits tighter than the model's: Timeout up to 900 s, MemorySize up to 10240 MB."""
+    errors = []
+    if params.get("Timeout") is not None and params["Timeout"] > MAX_TIMEOUT:
+        errors.append(
+            f"Value '{params['Timeout']}' at 'timeout' failed to satisfy constraint: "
+            f"Member must have value less than or equal to {MAX_TIMEOUT}"
+        )
+    if params.get("MemorySize") is not None and params["MemorySize"] > MAX_MEMORY:
+        errors.append(
+            f"Value '{params['MemorySize']}' at 'memorySize' failed to satisfy constraint: "
+            f"Member must have value less than or equal to {MAX_MEMORY}"
+        )
+    if errors:
+        raise ValidationException(validation_message(errors))
+
+
+def _check_environment(svc: Services, environment: dict[str, Any] | None) -> dict[str, str] | None:
+    if environment is None:
+        return None
+    variables = environment.get("Variables") or {}
+    measured = msgspec.json.encode(variables)
+    if len(measured) > svc.config.limits.environment_bytes:
+        raise InvalidParameterValueException(
+            "Lambda was unable to configure your environment variables because the environment variables you "
+            f"have provided exceeded the 4KB limit. String measured: {measured.decode()}"
+        )
+    reserved = reserved_keys(variables)
+    if reserved:
+        raise InvalidParameterValueException(
+            "Lambda was unable to configure your environment variables because the environment variables you "
+            "have provided contains reserved keys that are currently not supported for modification. "
+            f"Reserved keys used in this request: {', '.join(reserved)}"
+        )
+    return dict(variables)
+
+
+def _logging_settings(given: dict[str, Any] | None, current: LoggingSettings) -> LoggingSettings:
+    if given is None:
+        return current
+    fmt = given.get("LogFormat", current.log_format)
+    app_level = given.get("ApplicationLogLevel", current.application_log_level)
+    sys_level = given.get("SystemLogLevel", current.system_log_level)
+    if fmt == "JSON":
+        app_level, sys_level = app_level or "INFO", sys_level or "INFO"
+    else:
+        app_level = sys_level = None
+    return LoggingSettings(
+        log_format=fmt, log_group=given.get("LogGroup", current.log_group),
+        application_log_level=app_level, system_log_level=sys_level,
+    )
+
+
+def _check_layers(svc: Services, layers: list[str] | None) -> list[str]:
+    if not layers:
+        return []
+    if len(layers) > 5:
+        raise InvalidParameterValueException("Cannot reference more than 5 layers.")
+    # Layers are not published on this server yet, so any reference names a version that does not exist.
+    raise InvalidParameterValueException(f"Layer version {layers[0]} does not exist.")
+
+
+async def _store_code(svc: Services, code: dict[str, Any]) -> CodePackage:
+    if "ZipFile" in code and code["ZipFile"] is not None:
+        return await svc.code.put(code["ZipFile"])
+    if code.get("S3Bucket"):
+        raise InvalidParameterValueException(
+            "Error occurred while GetObject. S3 Error Code: NoSuchBucket. "
+            "S3 Error Message: The specified bucket does not exist"
+        )
+    if code.get("ImageUri"):
+        raise InvalidParameterValueException("Container image functions are not supported by this server.")
+    raise InvalidParameterValueException("Please provide a source for function code.")
+
+
+async def _activate(svc: Services, name: str, runtime: str | None) -> tuple[str, str | None, str | None]:
+    """The state a new function settles in: Active, or Failed when no interpreter serves its runtime."""
+    try:
+        await svc.interpreters.resolve(runtime or "")
+    except RuntimeUnavailable as exc:
+        return "Failed", str(exc), "InvalidRuntime"
+    return "Active", None, None
+
+
+@operation("CreateFunction", on_invalid=_runtime_invalid)
+async def create_function(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    name = svc.arns.parse(p["FunctionName"], for_create=True).name
+    package_type = p.get("PackageType") or "Zip"
+    if package_type == "Zip" and (not p.get("Runtime") or not p.get("Handler")):
+        raise InvalidParameterValueException(
+            "Runtime and Handler are mandatory parameters for functions created with deployment packages."
+        )
+    _check_runtime(p.get("Runtime"))
+    _check_ranges(p)
+    environment = _check_environment(svc, p.get("Environment"))
+    tags = p.get("Tags") or {}
+    if len(tags) > MAX_TAGS:
+        raise InvalidParameterValueException("Number of tags exceeds resource tag limit.")
+    layers = _check_layers(svc, p.get("Layers"))
+    config = FunctionConfig(
+        role=p["Role"],
+        runtime=p.get("Runtime"),
+        handler=p.get("Handler"),
+        description=p.get("Description") or "",
+        timeout=p.get("Timeout") or 3,
+        memory_size=p.get("MemorySize") or 128,
+        environment=environment,
+        ephemeral_storage=(p.get("EphemeralStorage") or {}).get("Size", 512),
+        architectures=p.get("Architectures") or ["x86_64"],
+        package_type=package_type,
+        tracing_mode=(p.get("TracingConfig") or {}).get("Mode") or "PassThrough",
+        logging=_logging_settings(p.get("LoggingConfig"), LoggingSettings()),
+        dead_letter_target=(p.get("DeadLetterConfig") or {}).get("TargetArn"),
+        kms_key_arn=p.get("KMSKeyArn"),
+        snap_start=(p.get("SnapStart") or {}).get("ApplyOn") or "None",
+        layers=layers,
+    )
+    if await svc.registry.get_version(name) is not None:
+        raise ResourceConflictException(f"Function already exist: {name}")
+    pkg = await _store_code(svc, p.get("Code") or {})
+    state, reason, reason_code = await _activate(svc, name, config.runtime)
+    latest = await svc.registry.create_function(name, config, pkg, tags, state, reason, reason_code)
+    return json_response(function_configuration(latest, svc.arns, phase="create"), status=201)
+
+
+async def _get_version(svc: Services, p: dict[str, Any]) -> tuple[FunctionRef, FunctionVersion]:
+    ref = svc.arns.parse(p["FunctionName"], p.get("Qualifier"))
+    fv = await svc.registry.get_version(ref.name, ref.qualifier or LATEST)
+    if fv is None:
+        raise function_not_found(svc.arns.function(ref.name, ref.qualifier))
+    return ref, fv
+
+
+@operation("GetFunction")
+async def get_function(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    ref, fv = await _get_version(svc, p)
+    record = await svc.registry.get_function(ref.name)
+    out: dict[str, Any] = {
+        "Configuration": function_configuration(fv, svc.arns, arn_qualifier=ref.qualifier),
+        "Code": {"RepositoryType": "S3", "Location": f"{svc.config.base_url}/_faas/code/{fv.code_sha256}.zip"},
+    }
+    if record and record.tags:
+        out["Tags"] = record.tags
+    if record and record.reserved_concurrency is not None:
+        out["Concurrency"] = {"ReservedConcurrentExecutions": record.reserved_concurrency}
+    return json_response(out)
+
+
+@operation("GetFunctionConfiguration")
+async def get_function_configuration(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    ref, fv = await _get_version(svc, p)
+    return json_response(function_configuration(fv, svc.arns, arn_qualifier=ref.qualifier))
+
+
+def _decode_marker(marker: str | None) -> str | None:
+    if not marker:
+        return None
+    try:
+        return base64.urlsafe_b64decode(marker.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidParameterValueException("Invalid pagination marker.") from None
+
+
+def _encode_marker(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode()
+
+
+@operation("ListFunctions")
+async def list_functions(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    if p.get("FunctionVersion") not in (None, "ALL"):
+        raise ValidationException(validation_message([
+            f"Value '{p['FunctionVersion']}' at 'functionVersion' failed to satisfy constraint: "
+            "Member must satisfy enum value set: [ALL]"
+        ]))
+    limit = min(p.get("MaxItems") or PAGE_LIMIT, PAGE_LIMIT)
+    rows = await svc.registry.list_latest(_decode_marker(p.get("Marker")), limit + 1)
+    page = rows[:limit]
+    out: dict[str, Any] = {
+        "Functions": [function_configuration(fv, svc.arns, listing=True) for fv in page],
+    }
+    if len(rows) > limit:
+        out["NextMarker"] = _encode_marker(page[-1].function_name)
+    return json_response(out)
+
+
+def _check_revision(given: str | None, fv: FunctionVersion) -> None:
+    if given is not None and given != fv.revision_id:
+        raise PreconditionFailedException(REVISION_MISMATCH)
+
+
+def _check_not_in_progress(svc: Services, fv: FunctionVersion) -> None:
+    if fv.last_update == "InProgress":
+        raise ResourceConflictException(
+            "The operation cannot be performed at this time. An update is in progress for resource: "
+            f"{svc.arns.function(fv.function_name)}"
+        )
+
+
+def _unqualified(svc: Services, p: dict[str, Any]) -> str:
+    ref = svc.arns.parse(p["FunctionName"])
+    return ref.name
+
+
+@operation("UpdateFunctionCode")
+async def update_function_code(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    name = _unqualified(svc, p)
+    current = await svc.registry.get_version(name)
+    if current is None:
+        raise function_not_found(svc.arns.function(name))
+    if p.get("ImageUri"):
+        raise InvalidParameterValueException("Please don't provide ImageUri when updating a function with packageType Zip.")
+    _check_revision(p.get("RevisionId"), current)
+    _check_not_in_progress(svc, current)
+    pkg = await _store_code(svc, p)
+    architectures = p.get("Architectures")
+    if p.get("DryRun"):
+        preview = msgspec.structs.replace(current, code_sha256=pkg.sha256, code_size=pkg.size)
+        return json_response(function_configuration(preview, svc.arns))
+
+    def change(fv: FunctionVersion) -> FunctionVersion:
+        _check_revision(p.get("RevisionId"), fv)
+        config = fv.config
+        if architectures:
+            config = msgspec.structs.replace(config, architectures=list(architectures))
+        return msgspec.structs.replace(fv, config=config, code_sha256=pkg.sha256, code_size=pkg.size)
+
+    updated = await svc.registry.update_latest(name, change, pkg)
+    if updated is None:
+        raise function_not_found(svc.arns.function(name))
+    before, after = updated
+    await _after_update(svc, name, before)
+    return json_response(function_configuration(after, svc.arns, phase="update"))
+
+
+async def _after_update(svc: Services, name: str, before: FunctionVersion) -> None:
+    """Instances built from the old configuration or code stop; unused code is deleted."""
+    await svc.pools.retire(name)
+    for digest in await svc.registry.unused_packages_after(before.code_sha256):
+        await svc.code.delete(digest)
+
+
+@operation("UpdateFunctionConfiguration", on_invalid=_runtime_invalid)
+async def update_function_configuration(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    name = _unqualified(svc, p)
+    current = await svc.registry.get_version(name)
+    if current is None:
+        raise function_not_found(svc.arns.function(name))
+    _check_runtime(p.get("Runtime"))
+    _check_ranges(p)
+    environment = _check_environment(svc, p.get("Environment"))
+    layers = _check_layers(svc, p.get("Layers")) if "Layers" in p else None
+    _check_revision(p.get("RevisionId"), current)
+    _check_not_in_progress(svc, current)
+
+    def change(fv: FunctionVersion) -> FunctionVersion:
+        _check_revision(p.get("RevisionId"), fv)
+        c = fv.config
+        updates: dict[str, Any] = {}
+        for key, attr in (("Role", "role"), ("Runtime", "runtime"), ("Handler", "handler"),
+                          ("Description", "description"), ("Timeout", "timeout"), ("MemorySize", "memory_size"),
+                          ("KMSKeyArn", "kms_key_arn")):
+            if p.get(key) is not None:
+                updates[attr] = p[key]
+        if environment is not None:
+            updates["environment"] = environment
+        if p.get("EphemeralStorage"):
+            updates["ephemeral_storage"] = p["EphemeralStorage"]["Size"]
+        if p.get("TracingConfig") and p["TracingConfig"].get("Mode"):
+            updates["tracing_mode"] = p["TracingConfig"]["Mode"]
+        if "DeadLetterConfig" in p:
+            updates["dead_letter_target"] = (p["DeadLetterConfig"] or {}).get("TargetArn") or None
+        if p.get("SnapStart"):
+            updates["snap_start"] = p["SnapStart"].get("ApplyOn") or "None"
+        if layers is not None:
+            updates["layers"] = layers
+        updates["logging"] = _logging_settings(p.get("LoggingConfig"), c.logging)
+        return msgspec.structs.replace(fv, config=msgspec.structs.replace(c, **updates))
+
+    updated = await svc.registry.update_latest(name, change)
+    if updated is None:
+        raise function_not_found(svc.arns.function(name))
+    before, after = updated
+    if after.config.runtime != before.config.runtime:
+        state, reason, code = await _activate(svc, name, after.config.runtime)
+        if state != after.state:
+            await svc.registry.set_state(name, LATEST, state=state, reason=reason, reason_code=code)
+            after = msgspec.structs.replace(after, state=state, state_reason=reason, state_reason_code=code)
+    await _after_update(svc, name, before)
+    return json_response(function_configuration(after, svc.arns, phase="update"))
+
+
+@operation("DeleteFunction")
+async def delete_function(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    qualifier = p.get("Qualifier")
+    ref = svc.arns.parse(p["FunctionName"], qualifier)
+    if ref.qualifier == LATEST:
+        raise InvalidParameterValueException("$LATEST version cannot be deleted without deleting the function.")
+    if ref.qualifier is not None:
+        if not ref.qualifier.isdigit():
+            if await svc.registry.get_version(ref.name) is None:
+                raise function_not_found(svc.arns.function(ref.name))
+            raise InvalidParameterValueException("Deletion of aliases is not currently supported.")
+        if await svc.registry.get_version(ref.name) is None:
+            raise function_not_found(svc.arns.function(ref.name))
+        # Published versions arrive with the versions issue; a version that does not exist is a no-op (204).
+        return empty_response(204)
+    unused = await svc.registry.delete_function(ref.name)
+    if unused is None:
+        raise function_not_found(svc.arns.function(ref.name))
+    await svc.pools.retire(ref.name)
+    for digest in unused:
+        await svc.code.delete(digest)
+    return empty_response(204)
+
+
+@operation("GetAccountSettings")
+async def get_account_settings(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    count, total = await svc.registry.usage()
+    account, limits = svc.config.account, svc.config.limits
+    reserved = await svc.registry.reserved_total()
+    return json_response({
+        "AccountLimit": {
+            "TotalCodeSize": limits.total_code_size,
+            "CodeSizeUnzipped": limits.code_size_unzipped,
+            "CodeSizeZipped": limits.code_size_zipped,
+            "ConcurrentExecutions": account.concurrent_executions,
+            "UnreservedConcurrentExecutions": account.concurrent_executions - reserved,
+        },
+        "AccountUsage": {"TotalCodeSize": total, "FunctionCount": count},
+    })

@@ -1,0 +1,73 @@
+"""Invoke: the wire format of a synchronous invocation. Policy lives in `faas.invoke.router`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from faas.api.model import operation
+from faas.errors import (
+    InvalidParameterValueException,
+    InvalidRequestContentException,
+    RequestEntityTooLargeException,
+)
+from faas.invoke.router import InvokeRequest
+from faas.logs import tail_base64
+from faas.services import SERVICES
+
+
+def _check_json(payload: bytes) -> None:
+    try:
+        msgspec.json.decode(payload, type=msgspec.Raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestContentException(
+            f"Could not parse request body into json: Could not parse payload into json: {exc}"
+        ) from None
+
+
+def _client_context(value: str | None) -> bytes | None:
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+        if not isinstance(msgspec.json.decode(raw), dict):
+            raise ValueError
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidRequestContentException("Client context must be a valid Base64-encoded JSON object.") from None
+    return raw
+
+
+@operation("Invoke")
+async def invoke(request: web.Request, p: dict[str, Any]) -> web.Response:
+    svc = request.app[SERVICES]
+    ref = svc.arns.parse(p["FunctionName"], p.get("Qualifier"), for_invoke=True)
+    payload: bytes = p.get("Payload") or b""
+    limit = svc.config.limits.sync_payload_bytes
+    if len(payload) > limit:
+        raise RequestEntityTooLargeException(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
+    if payload:
+        _check_json(payload)
+    invocation_type = p.get("InvocationType") or "RequestResponse"
+    if invocation_type == "DryRun":
+        fv = await svc.router.resolve(ref.name, ref.qualifier)
+        return web.Response(status=204, headers={"X-Amz-Executed-Version": fv.version})
+    if invocation_type != "RequestResponse":
+        raise InvalidParameterValueException(f"InvocationType {invocation_type} is not supported by this server yet.")
+    result = await svc.router.invoke(InvokeRequest(
+        function_name=ref.name,
+        qualifier=ref.qualifier,
+        payload=payload,
+        request_id=request["request_id"],
+        client_context=_client_context(p.get("ClientContext")),
+        trace_id=request.headers.get("X-Amzn-Trace-Id"),
+    ))
+    headers = {"X-Amz-Executed-Version": result.executed_version}
+    if result.function_error:
+        headers["X-Amz-Function-Error"] = result.function_error
+    if p.get("LogType") == "Tail":
+        headers["X-Amz-Log-Result"] = tail_base64(result.log)
+    return web.Response(body=result.payload, status=200, headers=headers, content_type="application/json")

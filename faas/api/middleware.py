@@ -1,0 +1,39 @@
+"""The one place where exceptions become AWS-shaped error responses."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from faas.api.model import error_response
+from faas.errors import LambdaError, RequestEntityTooLargeException, ServiceException, UnknownOperationException
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def aws_errors(request: web.Request, handler) -> web.StreamResponse:
+    request_id = str(uuid.uuid4())
+    request["request_id"] = request_id
+    try:
+        response = await handler(request)
+    except LambdaError as err:
+        return error_response(err, request_id)
+    except web.HTTPRequestEntityTooLarge:
+        op = request.get("operation") or "CreateFunction"
+        limit = request.app._client_max_size  # noqa: SLF001 - aiohttp exposes no public getter
+        return error_response(
+            RequestEntityTooLargeException(f"Request must be smaller than {limit} bytes for the {op} operation"),
+            request_id,
+        )
+    except web.HTTPNotFound:
+        return error_response(UnknownOperationException(f"Unknown operation {request.method} {request.path}"), request_id)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(ServiceException("An internal error occurred."), request_id)
+    response.headers.setdefault("x-amzn-RequestId", request_id)
+    return response

@@ -1,0 +1,231 @@
+"""The Lambda wire protocol, driven by the service model that ships with botocore.
+
+Routes, status codes and where each input member lives (path, query string, header, JSON body, raw payload)
+come from `botocore/data/lambda/2015-03-31/service-2.json`, so the server answers exactly the requests the
+SDKs send. Handlers are registered per operation name with `@operation("CreateFunction")`; each receives
+the aiohttp request and the parsed, validated input as a dict keyed by the model's member names.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from botocore.loaders import Loader
+from botocore.model import OperationModel, ServiceModel, Shape
+
+from faas.api.validation import validate
+from faas.errors import (
+    InvalidRequestContentException,
+    LambdaError,
+    SerializationException,
+    UnknownOperationException,
+    ValidationException,
+    validation_message,
+)
+
+Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+ValidationHook = Callable[[dict[str, Any], list[str]], None]
+
+_handlers: dict[str, Handler] = {}
+_validation_hooks: dict[str, ValidationHook] = {}
+
+
+def operation(name: str, *, on_invalid: ValidationHook | None = None) -> Callable[[Handler], Handler]:
+    """Register the handler of one API operation. `on_invalid` may raise a different error than the
+    generic ValidationException where AWS does (it is given the input and the validation messages)."""
+
+    def register(fn: Handler) -> Handler:
+        _handlers[name] = fn
+        if on_invalid is not None:
+            _validation_hooks[name] = on_invalid
+        return fn
+
+    return register
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=_json_encoder.encode(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def empty_response(status: int = 204) -> web.Response:
+    return web.Response(status=status)
+
+
+def load_service_model(service: str = "lambda") -> ServiceModel:
+    return ServiceModel(Loader().load_service_model(service, "service-2"), service_name=service)
+
+
+class _Route:
+    """The operations sharing one method and path; some are told apart by a literal query parameter."""
+
+    def __init__(self) -> None:
+        self.by_query: list[tuple[dict[str, str], OperationModel]] = []
+
+    def pick(self, request: web.Request) -> OperationModel:
+        fallback = None
+        for literal, op in self.by_query:
+            if not literal:
+                fallback = op
+            elif all(request.query.get(k) == v for k, v in literal.items()):
+                return op
+        if fallback is None:
+            raise UnknownOperationException(f"Unknown operation {request.method} {request.path}")
+        return fallback
+
+
+def _split_uri(uri: str) -> tuple[str, dict[str, str]]:
+    path, _, query = uri.partition("?")
+    literal = {}
+    for part in filter(None, query.split("&")):
+        key, _, value = part.partition("=")
+        literal[key] = value
+    return re.sub(r"\{(\w+)\+\}", r"{\1:.+}", path), literal
+
+
+def add_routes(app: web.Application, model: ServiceModel) -> None:
+    """Route every operation of the model to its registered handler (unknown ones get
+    UnknownOperationException), plus a catch-all for paths the model does not have."""
+    routes: dict[tuple[str, str], _Route] = {}
+    for name in model.operation_names:
+        op = model.operation_model(name)
+        path, literal = _split_uri(op.http["requestUri"])
+        route = routes.setdefault((op.http["method"], path), _Route())
+        route.by_query.append((literal, op))
+    for (method, path), route in routes.items():
+        # More specific (literal query) operations first.
+        route.by_query.sort(key=lambda item: -len(item[0]))
+        app.router.add_route(method, path, _dispatcher(route))
+    app.router.add_route("*", "/{tail:.*}", _unknown)
+
+
+async def _unknown(request: web.Request) -> web.StreamResponse:
+    raise UnknownOperationException(f"Unknown operation {request.method} {request.path}")
+
+
+def _dispatcher(route: _Route) -> Handler:
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        op = route.pick(request)
+        handler = _handlers.get(op.name)
+        if handler is None:
+            raise UnknownOperationException(f"Operation {op.name} is not supported by this server yet.")
+        params = await parse_input(op, request)
+        if op.input_shape is not None:
+            errors = validate(op.input_shape, params)
+            if errors:
+                hook = _validation_hooks.get(op.name)
+                if hook is not None:
+                    hook(params, errors)
+                raise ValidationException(validation_message(errors))
+        request["operation"] = op.name
+        return await handler(request, params)
+
+    return dispatch  # type: ignore[return-value]
+
+
+def _scalar(shape: Shape, raw: str, where: str) -> Any:
+    kind = shape.type_name
+    try:
+        if kind in ("integer", "long"):
+            return int(raw)
+        if kind in ("float", "double"):
+            return float(raw)
+        if kind == "boolean":
+            if raw.lower() not in ("true", "false"):
+                raise ValueError(raw)
+            return raw.lower() == "true"
+    except ValueError:
+        raise SerializationException(f"Could not convert '{raw}' at '{where}' to {kind}") from None
+    return raw
+
+
+async def parse_input(op: OperationModel, request: web.Request) -> dict[str, Any]:
+    shape = op.input_shape
+    if shape is None:
+        return {}
+    params: dict[str, Any] = {}
+    body_members: dict[str, Shape] = {}
+    payload_member = shape.serialization.get("payload")
+    for member, mshape in shape.members.items():
+        location = mshape.serialization.get("location")
+        where = mshape.serialization.get("name", member)
+        if location == "uri":
+            raw = request.match_info.get(where)
+            if raw is not None:
+                params[member] = _scalar(mshape, raw, where)
+        elif location == "querystring":
+            if mshape.type_name == "list":
+                values = request.query.getall(where, [])
+                if values:
+                    params[member] = [_scalar(mshape.member, v, where) for v in values]
+            elif where in request.query:
+                params[member] = _scalar(mshape, request.query[where], where)
+        elif location == "header":
+            if where in request.headers:
+                params[member] = _scalar(mshape, request.headers[where], where)
+        elif member != payload_member:
+            body_members[member] = mshape
+
+    body = await request.read()
+    if payload_member is not None:
+        if shape.members[payload_member].type_name == "blob":
+            params[payload_member] = body
+        elif body:
+            params[payload_member] = _decode_json(body)
+        return params
+    if body_members and body:
+        doc = _decode_json(body)
+        if not isinstance(doc, dict):
+            raise SerializationException("Start of list found where not expected")
+        for member, mshape in body_members.items():
+            if member in doc:
+                params[member] = _from_json(mshape, doc[member], member)
+    return params
+
+
+def _decode_json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestContentException(f"Could not parse request body into json: {exc}") from None
+
+
+def _from_json(shape: Shape, value: Any, where: str) -> Any:
+    """Blobs arrive base64-encoded in JSON bodies; everything else is used as decoded."""
+    kind = shape.type_name
+    if value is None:
+        return None
+    if kind == "blob":
+        if not isinstance(value, str):
+            raise SerializationException(f"Could not decode '{where}': expected a base64 string")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise SerializationException(f"Could not decode '{where}': invalid base64") from None
+    if kind == "structure" and isinstance(value, dict):
+        return {
+            k: _from_json(shape.members[k], v, f"{where}.{k}") if k in shape.members else v
+            for k, v in value.items()
+        }
+    if kind == "list" and isinstance(value, list):
+        return [_from_json(shape.member, v, where) for v in value]
+    return value
+
+
+def error_response(err: LambdaError, request_id: str) -> web.Response:
+    return web.Response(
+        body=_json_encoder.encode(err.body()),
+        status=err.status,
+        content_type="application/json",
+        headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": request_id},
+    )

@@ -1,0 +1,66 @@
+"""Builds the aiohttp application: services created in dependency order, closed in reverse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+import faas.api.functions  # noqa: F401  (registers operation handlers)
+import faas.api.invoke  # noqa: F401
+from faas.api.middleware import aws_errors
+from faas.api.model import add_routes, load_service_model
+from faas.api.server_routes import add_server_routes
+from faas.arn import Arns
+from faas.config import Config
+from faas.invoke.router import Router
+from faas.runtime.pool import Pools
+from faas.runtime.spawner import Interpreters
+from faas.services import SERVICES, Services
+from faas.store.code import CodeStore
+from faas.store.db import Database
+from faas.store.registry import Registry
+
+_DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
+_POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[aws_errors], client_max_size=config.limits.create_request_bytes)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        db = Database(config.data_path / "registry.db")
+        await db.open()
+        app[_DATABASE] = db
+        yield
+        await db.close()
+
+    async def pools(app: web.Application) -> AsyncIterator[None]:
+        pools = Pools(
+            concurrency=config.account.concurrent_executions,
+            idle_timeout=config.runtime.idle_timeout,
+            reap_interval=config.runtime.reap_interval,
+        )
+        pools.start()
+        app[_POOLS] = pools
+        yield
+        await pools.close(config.server.shutdown_timeout)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        db, pools = app[_DATABASE], app[_POOLS]
+        arns = Arns(config.account.region, config.account.account_id)
+        registry = Registry(db)
+        code = CodeStore(
+            config.data_path / "code",
+            max_zipped=config.limits.code_size_zipped,
+            max_unzipped=config.limits.code_size_unzipped,
+        )
+        interpreters = Interpreters(config.runtime.interpreters, python_fallback=config.runtime.python_fallback)
+        router = Router(config, arns, registry, code, pools, interpreters)
+        app[SERVICES] = Services(config, arns, db, registry, code, interpreters, pools, router)
+        yield
+
+    app.cleanup_ctx.extend([database, pools, services])
+    add_server_routes(app)
+    add_routes(app, load_service_model())
+    return app

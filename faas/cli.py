@@ -1,0 +1,78 @@
+"""`faas serve`: the command line. Signal handlers live here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from faas.config import Config, load_config
+
+log = logging.getLogger("faas")
+
+
+async def serve(config: Config, stop: asyncio.Event) -> None:
+    """Run the server until `stop` is set, then shut down: stop accepting, drain, close services."""
+    from faas.app import create_app
+
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=config.server.shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        await site.start()
+        if config.server.port == 0:
+            config.server.port = runner.addresses[0][1]
+        # Tests and scripts wait for this line (or poll /health).
+        print(f"faas listening on {config.base_url} (data dir {config.data_path})", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def _run_serve(args: argparse.Namespace) -> None:
+    overrides: dict = {"server": {}}
+    for flag, key in (("host", "host"), ("port", "port"), ("data_dir", "data_dir")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides["server"][key] = value
+    config = load_config(args.config, overrides=overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop)
+
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(main())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="faas", description="A self-hosted, AWS Lambda-compatible function platform.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the server")
+    p_serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p_serve.add_argument("--port", type=int, help="port to bind (default 9000; 0 picks a free one)")
+    p_serve.add_argument("--data-dir", help="where the registry and code live (default ./.faas)")
+    p_serve.add_argument("--config", help="a TOML file; see config.example.toml")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        _run_serve(args)
+    else:  # pragma: no cover - argparse rejects unknown commands
+        parser.print_help()
+        sys.exit(2)

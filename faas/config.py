@@ -1,0 +1,124 @@
+"""One `Config`, read from TOML, then `FAAS_*` environment variables, then command-line flags.
+
+`config.example.toml` documents every key. Nested tables map to nested structs; an environment
+variable names a key by its path, e.g. `FAAS_SERVER__PORT=9100` or `FAAS_LIMITS__SYNC_PAYLOAD_BYTES=...`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 9000
+    data_dir: str = "./.faas"
+    # The URL functions and clients use to reach this server (Code.Location, AWS_ENDPOINT_URL inside
+    # functions). Empty means http://<host>:<port>.
+    public_url: str = ""
+    shutdown_timeout: float = 10.0
+
+
+class AccountConfig(msgspec.Struct, forbid_unknown_fields=True):
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    concurrent_executions: int = 1000
+    # AWS keeps this many executions unreserved; PutFunctionConcurrency may not go below it.
+    minimum_unreserved: int = 100
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    code_size_zipped: int = 52428800
+    code_size_unzipped: int = 262144000
+    total_code_size: int = 80530636800
+    create_request_bytes: int = 70167211
+    sync_payload_bytes: int = 6291456
+    async_payload_bytes: int = 1048576
+    response_payload_bytes: int = 6291556
+    environment_bytes: int = 4096
+
+
+class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds an idle instance is kept warm before it is stopped.
+    idle_timeout: float = 600.0
+    # How often the idle reaper looks for instances to stop.
+    reap_interval: float = 5.0
+    # Interpreter per runtime identifier, e.g. {"python3.12" = "/usr/bin/python3.12"}. Runtimes not listed
+    # are found on PATH (python3.12 -> `python3.12`); when none is found the server's own interpreter serves
+    # the runtime if `python_fallback` is true.
+    interpreters: dict[str, str] = {}
+    python_fallback: bool = True
+    # Seconds a worker may take to start and run its module-level code before the invocation fails.
+    init_timeout: float = 10.0
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    account: AccountConfig = msgspec.field(default_factory=AccountConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).resolve()
+
+    @property
+    def base_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith("FAAS_") or "__" not in key:
+            continue
+        path = key[len("FAAS_"):].lower().split("__")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        _set_path(tree, path, value)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the config: TOML file < FAAS_* environment < explicit overrides (command-line flags)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            tree = tomllib.load(fh)
+    tree = _merge(tree, _env_overrides(dict(os.environ if environ is None else environ)))
+    if overrides:
+        tree = _merge(tree, overrides)
+    try:
+        return msgspec.convert(tree, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"faas: invalid configuration: {exc}") from None

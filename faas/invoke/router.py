@@ -1,0 +1,183 @@
+"""The one path every invocation takes: resolve name and qualifier to a version, take an instance, run it."""
+
+from __future__ import annotations
+
+import time
+import msgspec
+
+from faas.arn import LATEST, Arns
+from faas.config import Config
+from faas.errors import (
+    ResourceConflictException,
+    TooManyRequestsException,
+    function_not_found,
+)
+from faas.logs import invocation_log
+from faas.runtime.instance import InitFailure, InstanceSpec, Outcome
+from faas.runtime.pool import Pools, Throttled
+from faas.runtime.protocol import InvokeFrame, single_line
+from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter, Interpreters, RuntimeUnavailable, base_environment
+from faas.store.code import CodeStore
+from faas.store.records import FunctionVersion
+from faas.store.registry import Registry
+
+
+class InvokeRequest(msgspec.Struct):
+    function_name: str
+    qualifier: str | None
+    payload: bytes
+    request_id: str
+    client_context: bytes | None = None  # JSON text
+    trace_id: str | None = None
+
+
+class InvokeResult(msgspec.Struct):
+    payload: bytes
+    executed_version: str
+    function_error: str | None  # "Unhandled" for every function error, as Lambda reports it
+    error_type: str | None
+    log: bytes
+    duration_ms: float
+    cold: bool
+
+
+class Router:
+    def __init__(
+        self, config: Config, arns: Arns, registry: Registry, code: CodeStore, pools: Pools,
+        interpreters: Interpreters,
+    ):
+        self.config = config
+        self.arns = arns
+        self.registry = registry
+        self.code = code
+        self.pools = pools
+        self.interpreters = interpreters
+        self.work_dir = config.data_path / "instances"
+
+    async def resolve(self, name: str, qualifier: str | None) -> FunctionVersion:
+        version = await self.registry.get_version(name, qualifier or LATEST)
+        if version is None:
+            raise function_not_found(self.arns.function(name, qualifier or LATEST))
+        return version
+
+    def environment(self, fv: FunctionVersion) -> dict[str, str]:
+        cfg = fv.config
+        region = self.config.account.region
+        env = base_environment()
+        env.update(cfg.environment or {})
+        env.update(
+            AWS_LAMBDA_FUNCTION_NAME=fv.function_name,
+            AWS_LAMBDA_FUNCTION_VERSION=fv.version,
+            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(cfg.memory_size),
+            AWS_LAMBDA_LOG_GROUP_NAME=cfg.logging.log_group or f"/aws/lambda/{fv.function_name}",
+            AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
+            AWS_REGION=region,
+            AWS_DEFAULT_REGION=region,
+            AWS_EXECUTION_ENV=f"AWS_Lambda_{cfg.runtime}",
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_SESSION_TOKEN="test",
+            AWS_ENDPOINT_URL=self.config.base_url,
+            LAMBDA_TASK_ROOT=str(self.code.tree(fv.code_sha256)),
+            LAMBDA_RUNTIME_DIR=str(PYTHON_BOOTSTRAP.parent),
+            _HANDLER=cfg.handler or "",
+            TZ=":UTC",
+            PYTHONUNBUFFERED="1",
+            PYTHONDONTWRITEBYTECODE="1",
+        )
+        if cfg.logging.application_log_level:
+            env["AWS_LAMBDA_LOG_LEVEL"] = cfg.logging.application_log_level
+        return env
+
+    async def invoke(self, req: InvokeRequest) -> InvokeResult:
+        fv = await self.resolve(req.function_name, req.qualifier)
+        if fv.state != "Active":
+            raise ResourceConflictException(
+                "The operation cannot be performed at this time. "
+                f"The function is currently in the following state: {fv.state}"
+            )
+        cfg = fv.config
+        try:
+            interpreter = await self.interpreters.resolve(cfg.runtime or "")
+        except RuntimeUnavailable as exc:
+            raise ResourceConflictException(str(exc)) from None
+        spec = InstanceSpec(
+            function_name=fv.function_name,
+            version=fv.version,
+            handler=cfg.handler or "",
+            code_dir=str(self.code.tree(fv.code_sha256)),
+            memory_mb=cfg.memory_size,
+            timeout_s=cfg.timeout,
+            environment=cfg.environment or {},
+            interpreter=interpreter,
+            work_dir=str(self.work_dir),
+            init_timeout_s=self.config.runtime.init_timeout,
+            max_frame_bytes=self.config.limits.response_payload_bytes * 2 + 1024,
+        )
+        key = (fv.function_name, fv.version, fv.revision_id)
+        env = self.environment(fv)
+        invoked_arn = self.arns.function(fv.function_name, req.qualifier)
+        started = time.perf_counter()
+        try:
+            instance, cold = await self.pools.acquire(key, spec, env)
+        except Throttled as exc:
+            raise TooManyRequestsException("Rate Exceeded.", Reason=exc.reason) from None
+        except InitFailure as failure:
+            return self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
+        frame = InvokeFrame(
+            id=req.request_id,
+            deadline_ms=int(time.time() * 1000) + cfg.timeout * 1000,
+            arn=invoked_arn,
+            event=msgspec.Raw(single_line(req.payload) if req.payload else b"{}"),
+            trace_id=req.trace_id,
+            client_context=msgspec.Raw(single_line(req.client_context) if req.client_context else b"null"),
+        )
+        outcome: Outcome | None = None
+        try:
+            outcome = await instance.invoke(frame, float(cfg.timeout))
+        finally:
+            await self.pools.release(key, instance, outcome is not None and outcome.reusable)
+        payload, error_type = outcome.payload, outcome.error_type
+        if error_type is None and len(payload) > self.config.limits.response_payload_bytes:
+            limit = self.config.limits.response_payload_bytes
+            error_type = "Function.ResponseSizeTooLarge"
+            payload = msgspec.json.encode({
+                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({limit} bytes).",
+                "errorType": error_type,
+            })
+        log = invocation_log(
+            req.request_id, fv.version, outcome.output,
+            duration_ms=outcome.duration_ms, memory_mb=cfg.memory_size,
+            max_memory_used_mb=outcome.max_memory_mb,
+            init_ms=instance.init_ms if cold else None,
+            init_output=self._init_start(fv, interpreter) + instance.init_output if cold else b"",
+            timed_out_after=float(cfg.timeout) if outcome.timed_out else None,
+            status_error=error_type if error_type and error_type.startswith(("Runtime.", "Sandbox.")) else None,
+        )
+        return InvokeResult(
+            payload=payload, executed_version=fv.version,
+            function_error="Unhandled" if error_type else None, error_type=error_type,
+            log=log, duration_ms=outcome.duration_ms, cold=cold,
+        )
+
+    def _init_start(self, fv: FunctionVersion, interpreter: Interpreter) -> bytes:
+        """Lambda's INIT_START line, naming the interpreter that serves the runtime."""
+        runtime = fv.config.runtime or ""
+        return (
+            f"INIT_START Runtime Version: python:{interpreter.version}\t"
+            f"Runtime Version ARN: {self.arns.runtime_version(runtime)}\tInterpreter: {interpreter.path}\n"
+        ).encode()
+
+    def _init_failed(self, req: InvokeRequest, fv: FunctionVersion, failure: InitFailure, ms: float) -> InvokeResult:
+        error = dict(failure.error)
+        if isinstance(error.get("errorMessage"), str):
+            error["errorMessage"] = error["errorMessage"].replace("{id}", req.request_id)
+        error_type = str(error.get("errorType") or "Runtime.Unknown")
+        log = invocation_log(
+            req.request_id, fv.version, failure.output, duration_ms=ms, memory_mb=fv.config.memory_size,
+            max_memory_used_mb=0, init_ms=failure.init_ms, status_error=error_type,
+        )
+        return InvokeResult(
+            payload=msgspec.json.encode(error), executed_version=fv.version, function_error="Unhandled",
+            error_type=error_type, log=log, duration_ms=ms, cold=True,
+        )

@@ -1,0 +1,335 @@
+"""One execution environment: a worker process serving one invocation at a time.
+
+The worker talks JSON lines over a socket pair; its stdout and stderr share one pipe, which is the function's
+log. After each request the worker writes a sentinel to that pipe, so the server knows which output belongs
+to which request even though the log and the frames travel on different channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+
+from faas.runtime.protocol import (
+    INIT_ID,
+    SENTINEL_MARK,
+    SHUTDOWN,
+    InvokeFrame,
+    encode_invoke,
+    worker_frame_decoder,
+)
+from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter
+
+_LOG_CHUNK = 65536
+_ids = itertools.count(1)
+
+
+class InstanceSpec(msgspec.Struct, frozen=True):
+    """Everything needed to start a worker for one function version."""
+
+    function_name: str
+    version: str
+    handler: str
+    code_dir: str
+    memory_mb: int
+    timeout_s: int
+    environment: dict[str, str]
+    interpreter: Interpreter
+    work_dir: str  # instance temp dirs are created beneath it
+    init_timeout_s: float = 10.0
+    max_frame_bytes: int = 16 * 1024 * 1024
+
+
+class InitFailure(Exception):
+    """The worker did not become ready: an error at import time, a crash, or a timeout."""
+
+    def __init__(self, error: dict, output: bytes, init_ms: float):
+        super().__init__(error.get("errorMessage"))
+        self.error = error
+        self.output = output
+        self.init_ms = init_ms
+
+
+class Outcome(msgspec.Struct):
+    """What one invocation produced, before it is shaped into an API response."""
+
+    payload: bytes
+    error_type: str | None  # None on success
+    output: bytes
+    duration_ms: float
+    max_memory_mb: int
+    reusable: bool
+    timed_out: bool = False
+
+
+def _peak_rss_mb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return max(1, math.ceil(int(line.split()[1]) / 1024))
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class _LogCollector:
+    """Reads the log pipe, splitting the output at the worker's sentinels."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self._reader = reader
+        self._pending = bytearray()
+        self.current = bytearray()
+        self._expect: bytes | None = None
+        self._seen = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    def expect(self, request_id: str) -> None:
+        self._expect = SENTINEL_MARK + request_id.encode() + SENTINEL_MARK
+        self._seen.clear()
+
+    def take(self) -> bytes:
+        out = bytes(self.current)
+        self.current.clear()
+        return out
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._seen.wait(), timeout)
+
+    async def wait_closed(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), timeout)
+
+    async def _run(self) -> None:
+        try:
+            while chunk := await self._reader.read(_LOG_CHUNK):
+                self._pending += chunk
+                self._scan()
+        finally:
+            self.current += self._pending
+            self._pending.clear()
+            self.closed.set()
+            self._seen.set()
+
+    def _scan(self) -> None:
+        buf = self._pending
+        while buf:
+            start = buf.find(SENTINEL_MARK)
+            if start < 0:
+                self.current += buf
+                buf.clear()
+                return
+            self.current += buf[:start]
+            del buf[:start]
+            expect = self._expect
+            if expect is not None and buf.startswith(expect):
+                del buf[: len(expect)]
+                self._expect = None
+                self._seen.set()
+                continue
+            if expect is not None and len(buf) < len(expect) and expect.startswith(bytes(buf)):
+                return  # maybe a sentinel cut in two; wait for the rest
+            self.current += buf[:1]  # a mark that starts no sentinel is the function's own output
+            del buf[:1]
+
+
+class Instance:
+    """A worker process. `start()` runs init; `invoke()` runs one request; `stop()` ends it."""
+
+    def __init__(self, spec: InstanceSpec):
+        self.spec = spec
+        self.id = f"{os.getpid()}-{next(_ids)}"
+        self.log_stream = ""
+        self.proc: asyncio.subprocess.Process | None = None
+        self.init_ms = 0.0
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self.started_at = time.monotonic()
+        self._frames: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._logs: _LogCollector | None = None
+        self._tmp: Path | None = None
+        self._dead = False
+        self.init_output = b""
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead and self.proc is not None and self.proc.returncode is None
+
+    async def start(self, env: dict[str, str], log_stream: str) -> None:
+        spec = self.spec
+        self.log_stream = log_stream
+        self._tmp = Path(spec.work_dir) / self.id
+        tmp = self._tmp / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        server_sock, worker_sock = socket.socketpair()
+        log_r, log_w = os.pipe()
+        started = time.perf_counter()
+        try:
+            full_env = dict(env)
+            fd = str(worker_sock.fileno())
+            full_env.update(TMPDIR=str(tmp), AWS_LAMBDA_LOG_STREAM_NAME=log_stream, _FAAS_FD_IN=fd, _FAAS_FD_OUT=fd)
+            self.proc = await asyncio.create_subprocess_exec(
+                spec.interpreter.path, str(PYTHON_BOOTSTRAP),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
+                pass_fds=(worker_sock.fileno(),), cwd=spec.code_dir, env=full_env,
+                start_new_session=True,
+            )
+        except BaseException:
+            server_sock.close()
+            os.close(log_r)
+            raise
+        finally:
+            worker_sock.close()
+            os.close(log_w)
+        loop = asyncio.get_running_loop()
+        log_reader = asyncio.StreamReader(limit=_LOG_CHUNK * 4)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(log_reader), os.fdopen(log_r, "rb", buffering=0)
+        )
+        self._logs = _LogCollector(log_reader)
+        self._logs.expect(INIT_ID)
+        self._frames, self._writer = await asyncio.open_unix_connection(
+            sock=server_sock, limit=spec.max_frame_bytes
+        )
+        try:
+            line = await asyncio.wait_for(self._frames.readline(), spec.init_timeout_s)
+        except asyncio.TimeoutError:
+            await self._kill()
+            raise InitFailure(
+                {"errorType": "Runtime.InitTimeout",
+                 "errorMessage": f"Init phase timed out after {spec.init_timeout_s:.2f} seconds"},
+                self._logs.take(), (time.perf_counter() - started) * 1000,
+            ) from None
+        except (ValueError, ConnectionError):
+            line = b""
+        frame = worker_frame_decoder.decode(line) if line else None
+        if frame is not None and frame.t == "ready":
+            await self._logs.wait(1.0)
+            self.init_ms = frame.init_ms or (time.perf_counter() - started) * 1000
+            self.init_output = self._logs.take()
+            return
+        await self._kill()
+        await self._logs.wait_closed(1.0)
+        init_ms = (time.perf_counter() - started) * 1000
+        if frame is not None and frame.t == "init_error" and frame.error:
+            raise InitFailure(frame.error, self._logs.take(), init_ms)
+        raise InitFailure(
+            {"errorType": "Runtime.ExitError",
+             "errorMessage": f"RequestId: {{id}} Error: Runtime exited with error: {self._exit_reason()}"},
+            self._logs.take(), init_ms,
+        )
+
+    def _exit_reason(self) -> str:
+        code = self.proc.returncode if self.proc else None
+        if code is None:
+            return "unknown"
+        if code < 0:
+            try:
+                return f"signal: {signal.Signals(-code).name.replace('SIG', '').lower()}"
+            except ValueError:
+                return f"signal {-code}"
+        return f"exit status {code}"
+
+    async def invoke(self, frame: InvokeFrame, timeout_s: float) -> Outcome:
+        assert self._writer is not None and self._frames is not None and self._logs is not None
+        self.invocations += 1
+        logs = self._logs
+        logs.expect(frame.id)
+        started = time.perf_counter()
+        try:
+            self._writer.write(encode_invoke(frame))
+            await asyncio.wait_for(self._writer.drain(), timeout_s)
+            line = await asyncio.wait_for(self._frames.readline(), max(0.0, timeout_s - (time.perf_counter() - started)))
+        except asyncio.TimeoutError:
+            duration = (time.perf_counter() - started) * 1000
+            memory = _peak_rss_mb(self.proc.pid) if self.proc else 0
+            await self._kill()
+            await logs.wait_closed(0.5)
+            error = {
+                "errorType": "Sandbox.Timedout",
+                "errorMessage": f"RequestId: {frame.id} Error: Task timed out after {self.spec.timeout_s:.2f} seconds",
+            }
+            return Outcome(msgspec.json.encode(error), "Sandbox.Timedout", logs.take(), duration, memory,
+                           reusable=False, timed_out=True)
+        except (ValueError, ConnectionError, asyncio.LimitOverrunError):
+            # A frame over the limit: far past the response size AWS allows.
+            await self._kill()
+            line = b"\x00too-large"
+        duration = (time.perf_counter() - started) * 1000
+        pid = self.proc.pid if self.proc else 0
+        if line == b"\x00too-large":
+            return self._too_large(logs, duration)
+        if not line:
+            # EOF: the process exited mid-invocation (sys.exit, a crash, the OOM killer).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 2.0)  # type: ignore[union-attr]
+            await logs.wait_closed(1.0)
+            self._dead = True
+            reason = self._exit_reason()
+            message = (
+                f"RequestId: {frame.id} Error: Runtime exited without providing a reason"
+                if reason == "exit status 0"
+                else f"RequestId: {frame.id} Error: Runtime exited with error: {reason}"
+            )
+            error = {"errorType": "Runtime.ExitError", "errorMessage": message}
+            return Outcome(msgspec.json.encode(error), "Runtime.ExitError", logs.take(), duration, 0,
+                           reusable=False)
+        await logs.wait(1.0)
+        memory = _peak_rss_mb(pid)
+        self.last_used = time.monotonic()
+        reply = worker_frame_decoder.decode(line)
+        if reply.t == "result":
+            payload = bytes(reply.payload) or b"null"
+            return Outcome(payload, None, logs.take(), duration, memory, reusable=True)
+        error = reply.error or {"errorType": "Runtime.Unknown", "errorMessage": "worker sent no error"}
+        return Outcome(msgspec.json.encode(error), str(error.get("errorType") or "Unhandled"), logs.take(),
+                       duration, memory, reusable=True)
+
+    def _too_large(self, logs: _LogCollector, duration: float) -> Outcome:
+        self._dead = True
+        error = {
+            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
+            "errorType": "Function.ResponseSizeTooLarge",
+        }
+        return Outcome(msgspec.json.encode(error), "Function.ResponseSizeTooLarge", logs.take(), duration, 0,
+                       reusable=False)
+
+    async def _kill(self) -> None:
+        self._dead = True
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+        if self._writer is not None:
+            self._writer.close()
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Ask the worker to exit, then kill it; remove its temp dir. Idempotent."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None and self._writer is not None and not self._dead:
+            with contextlib.suppress(Exception):
+                self._writer.write(SHUTDOWN)
+                await asyncio.wait_for(self._writer.drain(), grace_s)
+                await asyncio.wait_for(proc.wait(), grace_s)
+        await self._kill()
+        if self._logs is not None:
+            await self._logs.wait_closed(1.0)
+            self._logs.task.cancel()
+        if self._tmp is not None:
+            await asyncio.to_thread(shutil.rmtree, self._tmp, True)
+            self._tmp = None

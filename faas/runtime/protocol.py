@@ -1,0 +1,53 @@
+"""The JSON-lines frames exchanged with a worker process (see ARCHITECTURE.md, "Worker protocol")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+# Written by the worker to its log pipe after flushing, once a request's output is complete.
+SENTINEL_MARK = b"\x1e"
+INIT_ID = "init"
+
+
+class WorkerFrame(msgspec.Struct, omit_defaults=True):
+    """worker -> server: ready | init_error | result | error."""
+
+    t: str
+    id: str | None = None
+    init_ms: float | None = None
+    payload: msgspec.Raw = msgspec.Raw()
+    error: dict[str, Any] | None = None
+
+
+class InvokeFrame(msgspec.Struct):
+    """server -> worker. `event` is the client's JSON, passed through untouched."""
+
+    id: str
+    deadline_ms: int
+    arn: str
+    event: msgspec.Raw
+    trace_id: str | None = None
+    # `null` when absent: msgspec.Raw cannot be optional.
+    client_context: msgspec.Raw = msgspec.Raw(b"null")
+    identity: msgspec.Raw = msgspec.Raw(b"null")
+    t: str = "invoke"
+
+
+_encoder = msgspec.json.Encoder()
+worker_frame_decoder = msgspec.json.Decoder(WorkerFrame)
+
+
+def single_line(raw: bytes) -> bytes:
+    """JSON text on one line: outside strings a newline is only whitespace, inside them it is escaped."""
+    if b"\n" in raw or b"\r" in raw:
+        return raw.replace(b"\r", b" ").replace(b"\n", b" ")
+    return raw
+
+
+def encode_invoke(frame: InvokeFrame) -> bytes:
+    return _encoder.encode(frame) + b"\n"
+
+
+SHUTDOWN = b'{"t":"shutdown"}\n'

@@ -1,0 +1,118 @@
+"""How a worker process is started: which program runs a runtime, with which environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import msgspec
+
+WORKER_DIR = Path(__file__).resolve().parent / "worker"
+PYTHON_BOOTSTRAP = WORKER_DIR / "python_bootstrap.py"
+
+# Reserved by Lambda: a function's own Environment may not set these.
+RESERVED_ENV = frozenset(
+    {
+        "_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+        "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+        "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+        "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+        "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR",
+    }
+)
+
+
+class Interpreter(msgspec.Struct, frozen=True):
+    """A resolved program for a runtime: the real executable (shims resolved) and its version."""
+
+    runtime: str
+    path: str
+    version: str
+
+
+class RuntimeUnavailable(Exception):
+    pass
+
+
+class Interpreters:
+    """Finds, once per runtime, the interpreter that serves it (config map, PATH, or this server's own)."""
+
+    def __init__(self, configured: dict[str, str], *, python_fallback: bool = True):
+        self._configured = configured
+        self._python_fallback = python_fallback
+        self._found: dict[str, Interpreter] = {}
+        self._lock = asyncio.Lock()
+
+    async def resolve(self, runtime: str) -> Interpreter:
+        found = self._found.get(runtime)
+        if found is not None:
+            return found
+        async with self._lock:
+            if runtime not in self._found:
+                self._found[runtime] = await self._resolve(runtime)
+            return self._found[runtime]
+
+    async def _resolve(self, runtime: str) -> Interpreter:
+        if not runtime.startswith("python3"):
+            raise RuntimeUnavailable(f"Runtime {runtime} is not supported by this server.")
+        candidates = []
+        if runtime in self._configured:
+            candidates.append(self._configured[runtime])
+        else:
+            which = shutil.which(runtime)
+            if which:
+                candidates.append(which)
+            candidates.extend(_pyenv_candidates(runtime))
+            if self._python_fallback:
+                candidates.append(sys.executable)
+        for candidate in candidates:
+            probed = await _probe_python(candidate)
+            if probed is not None:
+                return Interpreter(runtime, *probed)
+        raise RuntimeUnavailable(f"No interpreter found for runtime {runtime}.")
+
+
+def _pyenv_candidates(runtime: str) -> list[str]:
+    """Interpreters installed by pyenv but not selected as global (their shims then refuse to run)."""
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    version = runtime.removeprefix("python")
+    if not root.is_dir():
+        return []
+    found = sorted(root.glob(f"{version}.*/bin/{runtime}"), key=lambda p: [int(x) for x in re.findall(r"\d+", p.parts[-3])])
+    return [str(p) for p in reversed(found)]
+
+
+async def _probe_python(program: str) -> tuple[str, str] | None:
+    """Run the program once to learn its real executable (pyenv and similar shims cost ~50 ms a start)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            program, "-c", "import sys, platform; print(sys.executable); print(platform.python_version())",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    if proc.returncode != 0:
+        return None
+    lines = out.decode().split()
+    if len(lines) < 2:
+        return None
+    return lines[0], lines[1]
+
+
+def reserved_keys(variables: dict[str, str]) -> list[str]:
+    """The keys of a function's Environment that Lambda reserves for itself."""
+    return sorted(k for k in variables if k in RESERVED_ENV)
+
+
+def base_environment() -> dict[str, str]:
+    """What a worker inherits from the server: PATH and locale, nothing secret."""
+    env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "LANG": "en_US.UTF-8"}
+    for key in ("LD_LIBRARY_PATH", "SYSTEMROOT"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env

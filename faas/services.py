@@ -1,0 +1,32 @@
+"""The services one server holds, created in dependency order by `faas.app` and reached by handlers
+through the application's `SERVICES` key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from faas.arn import Arns
+from faas.config import Config
+from faas.invoke.router import Router
+from faas.runtime.pool import Pools
+from faas.runtime.spawner import Interpreters
+from faas.store.code import CodeStore
+from faas.store.db import Database
+from faas.store.registry import Registry
+
+
+@dataclass
+class Services:
+    config: Config
+    arns: Arns
+    db: Database
+    registry: Registry
+    code: CodeStore
+    interpreters: Interpreters
+    pools: Pools
+    router: Router
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -1,0 +1,225 @@
+"""The function registry: functions and their versions in SQLite, with a read-through cache.
+
+This process is the only writer of the database, so the cache is invalidated on every write it makes and
+never goes stale; the invoke path reads versions from memory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import msgspec
+
+from faas.arn import LATEST
+from faas.errors import ResourceConflictException
+from faas.store.code import CodePackage
+from faas.store.db import Database
+from faas.store.records import FunctionConfig, FunctionRecord, FunctionVersion, aws_timestamp
+
+_config_encoder = msgspec.json.Encoder()
+_config_decoder = msgspec.json.Decoder(FunctionConfig)
+_tags_decoder = msgspec.json.Decoder(dict[str, str])
+
+_VERSION_COLUMNS = (
+    "function_name, version, config, code_sha256, revision_id, last_modified,"
+    " state, state_reason, state_reason_code, last_update"
+)
+
+
+def new_revision() -> str:
+    return str(uuid.uuid4())
+
+
+def _version_from_row(row, code_size: int) -> FunctionVersion:
+    return FunctionVersion(
+        function_name=row["function_name"],
+        version=row["version"],
+        config=_config_decoder.decode(row["config"]),
+        code_sha256=row["code_sha256"],
+        code_size=code_size,
+        revision_id=row["revision_id"],
+        last_modified=row["last_modified"],
+        state=row["state"],
+        state_reason=row["state_reason"],
+        state_reason_code=row["state_reason_code"],
+        last_update=row["last_update"],
+    )
+
+
+def _version_params(v: FunctionVersion) -> tuple:
+    return (
+        v.function_name,
+        v.version,
+        _config_encoder.encode(v.config).decode(),
+        v.code_sha256,
+        v.revision_id,
+        v.last_modified,
+        v.state,
+        v.state_reason,
+        v.state_reason_code,
+        v.last_update,
+    )
+
+
+class Registry:
+    """Functions and versions. Methods raise `faas.errors` exceptions for conflicts AWS reports."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self._versions: dict[tuple[str, str], FunctionVersion | None] = {}
+
+    def _forget(self, name: str) -> None:
+        for key in [k for k in self._versions if k[0] == name]:
+            del self._versions[key]
+
+    async def _ensure_package(self, conn, pkg: CodePackage) -> None:
+        await conn.execute(
+            "INSERT OR IGNORE INTO code_packages(sha256, size, unzipped_size, created_at) VALUES (?, ?, ?, ?)",
+            (pkg.sha256, pkg.size, pkg.unzipped_size, datetime.now(timezone.utc).isoformat()),
+        )
+
+    async def create_function(
+        self, name: str, config: FunctionConfig, pkg: CodePackage, tags: dict[str, str], state: str,
+        state_reason: str | None = None, state_reason_code: str | None = None,
+    ) -> FunctionVersion:
+        latest = FunctionVersion(
+            function_name=name, version=LATEST, config=config, code_sha256=pkg.sha256, code_size=pkg.size,
+            revision_id=new_revision(), last_modified=aws_timestamp(), state=state,
+            state_reason=state_reason, state_reason_code=state_reason_code,
+        )
+        async with self.db.transaction() as conn:
+            async with conn.execute("SELECT 1 FROM functions WHERE name = ?", (name,)) as cur:
+                if await cur.fetchone():
+                    raise ResourceConflictException(f"Function already exist: {name}")
+            await self._ensure_package(conn, pkg)
+            await conn.execute(
+                "INSERT INTO functions(name, created_at, tags) VALUES (?, ?, ?)",
+                (name, latest.last_modified, msgspec.json.encode(tags).decode()),
+            )
+            await conn.execute(
+                f"INSERT INTO versions({_VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _version_params(latest),
+            )
+        self._forget(name)
+        return latest
+
+    async def get_version(self, name: str, version: str = LATEST) -> FunctionVersion | None:
+        key = (name, version)
+        if key in self._versions:
+            return self._versions[key]
+        row = await self.db.fetchone(
+            f"SELECT {_VERSION_COLUMNS}, p.size AS code_size FROM versions"
+            " JOIN code_packages p ON p.sha256 = versions.code_sha256"
+            " WHERE function_name = ? AND version = ?",
+            (name, version),
+        )
+        found = _version_from_row(row, row["code_size"]) if row else None
+        self._versions[key] = found
+        return found
+
+    async def get_function(self, name: str) -> FunctionRecord | None:
+        row = await self.db.fetchone(
+            "SELECT name, created_at, tags, reserved_concurrency FROM functions WHERE name = ?", (name,)
+        )
+        if row is None:
+            return None
+        return FunctionRecord(
+            name=row["name"], created_at=row["created_at"], tags=_tags_decoder.decode(row["tags"]),
+            reserved_concurrency=row["reserved_concurrency"],
+        )
+
+    async def list_latest(self, after: str | None, limit: int) -> list[FunctionVersion]:
+        """`$LATEST` of each function, ordered by name, starting after the marker name."""
+        rows = await self.db.fetchall(
+            f"SELECT {_VERSION_COLUMNS}, p.size AS code_size FROM versions"
+            " JOIN code_packages p ON p.sha256 = versions.code_sha256"
+            " WHERE version = ? AND function_name > ? ORDER BY function_name LIMIT ?",
+            (LATEST, after or "", limit),
+        )
+        return [_version_from_row(r, r["code_size"]) for r in rows]
+
+    async def update_latest(
+        self, name: str, change: Callable[[FunctionVersion], FunctionVersion], pkg: CodePackage | None = None
+    ) -> tuple[FunctionVersion, FunctionVersion] | None:
+        """Apply `change` to `$LATEST` inside one transaction. Returns (before, after), or None when the
+        function does not exist. `change` may raise to abort (e.g. a RevisionId precondition)."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                f"SELECT {_VERSION_COLUMNS}, p.size AS code_size FROM versions"
+                " JOIN code_packages p ON p.sha256 = versions.code_sha256"
+                " WHERE function_name = ? AND version = ?",
+                (name, LATEST),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            before = _version_from_row(row, row["code_size"])
+            after = change(before)
+            after = msgspec.structs.replace(after, revision_id=new_revision(), last_modified=aws_timestamp())
+            if pkg is not None:
+                await self._ensure_package(conn, pkg)
+            await conn.execute(
+                "UPDATE versions SET config = ?, code_sha256 = ?, revision_id = ?, last_modified = ?,"
+                " state = ?, state_reason = ?, state_reason_code = ?, last_update = ?"
+                " WHERE function_name = ? AND version = ?",
+                _version_params(after)[2:] + (name, LATEST),
+            )
+        self._forget(name)
+        return before, after
+
+    async def set_state(
+        self, name: str, version: str, *, state: str | None = None, last_update: str | None = None,
+        reason: str | None = None, reason_code: str | None = None,
+    ) -> None:
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE versions SET state = COALESCE(?, state), last_update = COALESCE(?, last_update),"
+                " state_reason = ?, state_reason_code = ? WHERE function_name = ? AND version = ?",
+                (state, last_update, reason, reason_code, name, version),
+            )
+        self._forget(name)
+
+    async def delete_function(self, name: str) -> list[str] | None:
+        """Delete a function and all its versions. Returns code digests no longer used by any version,
+        or None when there was no such function."""
+        async with self.db.transaction() as conn:
+            async with conn.execute(
+                "SELECT DISTINCT code_sha256 FROM versions WHERE function_name = ?", (name,)
+            ) as cur:
+                digests = [r[0] for r in await cur.fetchall()]
+            cur = await conn.execute("DELETE FROM functions WHERE name = ?", (name,))
+            if cur.rowcount == 0:
+                return None
+            unused = await self._drop_unused_packages(conn, digests)
+        self._forget(name)
+        return unused
+
+    async def _drop_unused_packages(self, conn, digests: list[str]) -> list[str]:
+        unused = []
+        for digest in digests:
+            async with conn.execute("SELECT 1 FROM versions WHERE code_sha256 = ? LIMIT 1", (digest,)) as cur:
+                if await cur.fetchone():
+                    continue
+            await conn.execute("DELETE FROM code_packages WHERE sha256 = ?", (digest,))
+            unused.append(digest)
+        return unused
+
+    async def unused_packages_after(self, digest: str) -> list[str]:
+        async with self.db.transaction() as conn:
+            return await self._drop_unused_packages(conn, [digest])
+
+    async def usage(self) -> tuple[int, int]:
+        """(number of functions, total code size of all versions) for GetAccountSettings."""
+        row = await self.db.fetchone(
+            "SELECT (SELECT COUNT(*) FROM functions) AS n,"
+            " (SELECT COALESCE(SUM(p.size), 0) FROM versions v JOIN code_packages p ON p.sha256 = v.code_sha256)"
+            " AS total"
+        )
+        assert row is not None
+        return int(row["n"]), int(row["total"])
+
+    async def reserved_total(self) -> int:
+        row = await self.db.fetchone("SELECT COALESCE(SUM(reserved_concurrency), 0) AS s FROM functions")
+        return int(row["s"]) if row else 0
