@@ -40,7 +40,6 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True):
     sync_payload_bytes: int = 6291456
     async_payload_bytes: int = 1048576
     response_payload_bytes: int = 6291556
-    environment_bytes: int = 4096
 
 
 class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):

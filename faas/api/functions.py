@@ -38,10 +38,15 @@ MAX_TIMEOUT = 900
 MAX_MEMORY = 10240
 MAX_TAGS = 50
 PAGE_LIMIT = 50
+ENVIRONMENT_BYTES = 4096  # measured on the compact JSON of Variables, as AWS does
 
 
-def _runtime_invalid(params: dict[str, Any], errors: list[str]) -> None:
-    """AWS answers a runtime outside the enum with InvalidParameterValueException and its own wording."""
+def _config_invalid(params: dict[str, Any], errors: list[str]) -> None:
+    """Where AWS reports something else before (or instead of) a model violation: an environment over 4 KB
+    is measured first, and a runtime outside the enum gets InvalidParameterValueException in its own wording."""
+    environment = params.get("Environment")
+    if isinstance(environment, dict) and isinstance(environment.get("Variables"), dict):
+        _check_environment_size(environment["Variables"])
     if any(" at 'runtime' " in e for e in errors):
         raise InvalidParameterValueException(
             f"Value {params.get('Runtime')} at 'runtime' failed to satisfy constraint: Member must satisfy enum "
@@ -75,16 +80,20 @@ def _check_ranges(params: dict[str, Any]) -> None:
         raise ValidationException(validation_message(errors))
 
 
-def _check_environment(svc: Services, environment: dict[str, Any] | None) -> dict[str, str] | None:
-    if environment is None:
-        return None
-    variables = environment.get("Variables") or {}
+def _check_environment_size(variables: dict[str, Any]) -> None:
     measured = msgspec.json.encode(variables)
-    if len(measured) > svc.config.limits.environment_bytes:
+    if len(measured) > ENVIRONMENT_BYTES:
         raise InvalidParameterValueException(
             "Lambda was unable to configure your environment variables because the environment variables you "
             f"have provided exceeded the 4KB limit. String measured: {measured.decode()}"
         )
+
+
+def _check_environment(environment: dict[str, Any] | None) -> dict[str, str] | None:
+    if environment is None:
+        return None
+    variables = environment.get("Variables") or {}
+    _check_environment_size(variables)
     reserved = reserved_keys(variables)
     if reserved:
         raise InvalidParameterValueException(
@@ -142,7 +151,7 @@ async def _activate(svc: Services, name: str, runtime: str | None) -> tuple[str,
     return "Active", None, None
 
 
-@operation("CreateFunction", on_invalid=_runtime_invalid)
+@operation("CreateFunction", on_invalid=_config_invalid)
 async def create_function(request: web.Request, p: dict[str, Any]) -> web.Response:
     svc = request.app[SERVICES]
     name = svc.arns.parse(p["FunctionName"], for_create=True).name
@@ -153,7 +162,7 @@ async def create_function(request: web.Request, p: dict[str, Any]) -> web.Respon
         )
     _check_runtime(p.get("Runtime"))
     _check_ranges(p)
-    environment = _check_environment(svc, p.get("Environment"))
+    environment = _check_environment(p.get("Environment"))
     tags = p.get("Tags") or {}
     if len(tags) > MAX_TAGS:
         raise InvalidParameterValueException("Number of tags exceeds resource tag limit.")
@@ -304,7 +313,7 @@ async def _after_update(svc: Services, name: str, before: FunctionVersion) -> No
         await svc.code.delete(digest)
 
 
-@operation("UpdateFunctionConfiguration", on_invalid=_runtime_invalid)
+@operation("UpdateFunctionConfiguration", on_invalid=_config_invalid)
 async def update_function_configuration(request: web.Request, p: dict[str, Any]) -> web.Response:
     svc = request.app[SERVICES]
     name = _unqualified(svc, p)
@@ -313,7 +322,7 @@ async def update_function_configuration(request: web.Request, p: dict[str, Any])
         raise function_not_found(svc.arns.function(name))
     _check_runtime(p.get("Runtime"))
     _check_ranges(p)
-    environment = _check_environment(svc, p.get("Environment"))
+    environment = _check_environment(p.get("Environment"))
     layers = _check_layers(svc, p.get("Layers")) if "Layers" in p else None
     _check_revision(p.get("RevisionId"), current)
     _check_not_in_progress(svc, current)
