@@ -32,6 +32,12 @@ from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter
 
 _LOG_CHUNK = 65536
 _ids = itertools.count(1)
+# Lambda's runtime reports a signalled exit in Go's words ("signal: killed").
+_SIGNAL_WORDS = {
+    signal.SIGKILL: "killed", signal.SIGSEGV: "segmentation fault", signal.SIGABRT: "aborted",
+    signal.SIGTERM: "terminated", signal.SIGBUS: "bus error", signal.SIGFPE: "floating point exception",
+    signal.SIGILL: "illegal instruction", signal.SIGINT: "interrupt", signal.SIGHUP: "hangup",
+}
 
 
 class InstanceSpec(msgspec.Struct, frozen=True):
@@ -237,10 +243,7 @@ class Instance:
         if code is None:
             return "unknown"
         if code < 0:
-            try:
-                return f"signal: {signal.Signals(-code).name.replace('SIG', '').lower()}"
-            except ValueError:
-                return f"signal {-code}"
+            return f"signal: {_SIGNAL_WORDS.get(-code, f'signal {-code}')}"
         return f"exit status {code}"
 
     async def invoke(self, frame: InvokeFrame, timeout_s: float) -> Outcome:
