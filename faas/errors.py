@@ -88,6 +88,7 @@ class RequestEntityTooLargeException(LambdaError):
     status = 413
     code = "RequestEntityTooLargeException"
     body_type = None
+    message_key = "Message"
 
 
 class TooManyRequestsException(LambdaError):

@@ -51,11 +51,14 @@ class Server:
 
         def pump(proc: subprocess.Popen[str]) -> None:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                self.output.append(line)
-                if line.startswith("faas listening on "):
-                    self.url = line.split()[3]
-                    ready.set()
+            try:
+                for line in proc.stdout:
+                    self.output.append(line)
+                    if line.startswith("faas listening on "):
+                        self.url = line.split()[3]
+                        ready.set()
+            except (ValueError, OSError):  # stdout closed by stop()
+                pass
 
         threading.Thread(target=pump, args=(self.proc,), daemon=True).start()
         deadline = time.monotonic() + timeout
