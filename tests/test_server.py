@@ -6,7 +6,6 @@ import concurrent.futures
 import json
 import signal
 import sqlite3
-import time
 import urllib.request
 
 import pytest
@@ -73,15 +72,21 @@ def test_restart_keeps_functions_and_schema(own_server, tmp_path):
         db.close()
 
 
-def test_sigterm_waits_for_running_invocation(own_server):
+MARKED = ("import os, time\ndef handler(event, context):\n    open(event['marker'], 'w').close()\n"
+          "    time.sleep(event['sleep'])\n    return os.getpid()\n")
+
+
+def test_sigterm_waits_for_running_invocation(own_server, tmp_path):
     srv = own_server()
     lam = srv.client()
-    name, _ = create_function(lam, PID)
+    name, _ = create_function(lam, MARKED)
+    marker = tmp_path / "running"
+    payload = json.dumps({"marker": str(marker), "sleep": 1.5}).encode()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(invoke_pid, lam, name, 1.5)
-        time.sleep(0.7)
+        running = pool.submit(lambda: lam.invoke(FunctionName=name, Payload=payload)["Payload"].read())
+        wait_for(marker.exists, timeout=20)
         srv.proc.send_signal(signal.SIGTERM)
-        pid = running.result(timeout=30)
+        pid = json.loads(running.result(timeout=30))
     assert srv.proc.wait(30) == 0
     assert not pid_alive(pid)
 
@@ -126,21 +131,25 @@ def test_idle_instances_stop(own_server):
     assert invoke_pid(lam, name) != pid
 
 
-def test_account_concurrency_throttles(own_server):
+def test_account_concurrency_throttles(own_server, tmp_path):
     srv = own_server(env={"FAAS_ACCOUNT__CONCURRENT_EXECUTIONS": "1"})
     lam = srv.client()
-    name, _ = create_function(lam, PID)
+    code = MARKED
+    name, _ = create_function(lam, code)
+    marker = tmp_path / "running"
+    payload = json.dumps({"marker": str(marker), "sleep": 2}).encode()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        running = pool.submit(invoke_pid, lam, name, 1.0)
-        time.sleep(0.5)
+        running = pool.submit(lambda: lam.invoke(FunctionName=name, Payload=payload)["Payload"].read())
+        wait_for(marker.exists, timeout=20)
         with pytest.raises(lam.exceptions.TooManyRequestsException) as exc:
-            lam.invoke(FunctionName=name)
+            lam.invoke(FunctionName=name, Payload=payload)
         err = exc.value.response
         assert err["ResponseMetadata"]["HTTPStatusCode"] == 429
         assert err["Error"]["Message"] == "Rate Exceeded."
         assert err["Reason"] == "ConcurrentInvocationLimitExceeded"
-        running.result(timeout=30)
-    assert invoke_pid(lam, name) > 0
+        assert int(running.result(timeout=30)) > 0
+    marker.unlink()
+    assert lam.invoke(FunctionName=name, Payload=json.dumps({"marker": str(marker), "sleep": 0}).encode())["StatusCode"] == 200
 
 
 def test_update_retires_warm_instances(lam):
