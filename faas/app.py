@@ -6,8 +6,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-import faas.api.functions  # noqa: F401  (registers operation handlers)
+import faas.api.aliases  # noqa: F401  (each module registers its operation handlers)
+import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
+import faas.api.tags  # noqa: F401
+import faas.api.versions  # noqa: F401
 from faas.api.middleware import aws_errors
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes

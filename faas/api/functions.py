@@ -3,14 +3,13 @@ UpdateFunctionConfiguration, DeleteFunction and GetAccountSettings."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from faas.api.model import empty_response, json_response, operation
+from faas.api.pagination import decode_marker, encode_marker, page_size
 from faas.api.shapes import function_configuration
 from faas.arn import LATEST, FunctionRef
 from faas.errors import (
@@ -18,6 +17,7 @@ from faas.errors import (
     InvalidParameterValueException,
     PreconditionFailedException,
     ResourceConflictException,
+    ResourceNotFoundException,
     ValidationException,
     function_not_found,
     validation_message,
@@ -37,7 +37,6 @@ SUPPORTED_RUNTIMES = (
 MAX_TIMEOUT = 900
 MAX_MEMORY = 10240
 MAX_TAGS = 50
-PAGE_LIMIT = 50
 ENVIRONMENT_BYTES = 4096  # measured on the compact JSON of Variables, as AWS does
 
 
@@ -190,14 +189,20 @@ async def create_function(request: web.Request, p: dict[str, Any]) -> web.Respon
     pkg = await _store_code(svc, p.get("Code") or {})
     state, reason, reason_code = await _activate(svc, name, config.runtime)
     latest = await svc.registry.create_function(name, config, pkg, tags, state, reason, reason_code)
-    return json_response(function_configuration(latest, svc.arns, phase="create"), status=201)
+    shown = latest
+    if p.get("Publish"):
+        shown = await svc.registry.publish_version(name, description=None, code_sha256_b64=None, revision_id=None)
+        assert shown is not None
+    # Published or not, the create answer carries the unqualified ARN (as AWS's does).
+    return json_response(function_configuration(shown, svc.arns, phase="create"), status=201)
 
 
 async def _get_version(svc: Services, p: dict[str, Any]) -> tuple[FunctionRef, FunctionVersion]:
     ref = svc.arns.parse(p["FunctionName"], p.get("Qualifier"))
-    fv = await svc.registry.get_version(ref.name, ref.qualifier or LATEST)
-    if fv is None:
-        raise function_not_found(svc.arns.function(ref.name, ref.qualifier))
+    try:
+        fv = await svc.router.resolve(ref.name, ref.qualifier)
+    except ResourceNotFoundException:
+        raise function_not_found(svc.arns.function(ref.name, ref.qualifier)) from None
     return ref, fv
 
 
@@ -224,19 +229,6 @@ async def get_function_configuration(request: web.Request, p: dict[str, Any]) ->
     return json_response(function_configuration(fv, svc.arns, arn_qualifier=ref.qualifier))
 
 
-def _decode_marker(marker: str | None) -> str | None:
-    if not marker:
-        return None
-    try:
-        return base64.urlsafe_b64decode(marker.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidParameterValueException("Invalid pagination marker.") from None
-
-
-def _encode_marker(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
 @operation("ListFunctions")
 async def list_functions(request: web.Request, p: dict[str, Any]) -> web.Response:
     svc = request.app[SERVICES]
@@ -245,15 +237,31 @@ async def list_functions(request: web.Request, p: dict[str, Any]) -> web.Respons
             f"Value '{p['FunctionVersion']}' at 'functionVersion' failed to satisfy constraint: "
             "Member must satisfy enum value set: [ALL]"
         ]))
-    limit = min(p.get("MaxItems") or PAGE_LIMIT, PAGE_LIMIT)
-    rows = await svc.registry.list_latest(_decode_marker(p.get("Marker")), limit + 1)
-    page = rows[:limit]
-    out: dict[str, Any] = {
-        "Functions": [function_configuration(fv, svc.arns, listing=True) for fv in page],
-    }
-    if len(rows) > limit:
-        out["NextMarker"] = _encode_marker(page[-1].function_name)
+    limit = page_size(p.get("MaxItems"))
+    position = decode_marker(p.get("Marker"))
+    if p.get("FunctionVersion") == "ALL":
+        after = None
+        if position is not None:
+            name, _, order = position.rpartition("\x00")
+            after = (name, int(order)) if order.lstrip("-").isdigit() else None
+        rows = await svc.registry.list_all_versions(after, limit + 1)
+        entries = [function_configuration(v, svc.arns, arn_qualifier=v.version, listing=True) for v in rows[:limit]]
+        next_marker = (
+            encode_marker(f"{rows[limit - 1].function_name}\x00{_order(rows[limit - 1].version)}")
+            if len(rows) > limit else None
+        )
+    else:
+        rows = await svc.registry.list_latest(position, limit + 1)
+        entries = [function_configuration(fv, svc.arns, listing=True) for fv in rows[:limit]]
+        next_marker = encode_marker(rows[limit - 1].function_name) if len(rows) > limit else None
+    out: dict[str, Any] = {"Functions": entries}
+    if next_marker:
+        out["NextMarker"] = next_marker
     return json_response(out)
+
+
+def _order(version: str) -> int:
+    return -1 if version == LATEST else int(version)
 
 
 def _check_revision(given: str | None, fv: FunctionVersion) -> None:
@@ -303,12 +311,16 @@ async def update_function_code(request: web.Request, p: dict[str, Any]) -> web.R
         raise function_not_found(svc.arns.function(name))
     before, after = updated
     await _after_update(svc, name, before)
+    if p.get("Publish"):
+        published = await svc.registry.publish_version(name, description=None, code_sha256_b64=None, revision_id=None)
+        assert published is not None
+        return json_response(function_configuration(published, svc.arns))
     return json_response(function_configuration(after, svc.arns, phase="update"))
 
 
 async def _after_update(svc: Services, name: str, before: FunctionVersion) -> None:
     """Instances built from the old configuration or code stop; unused code is deleted."""
-    await svc.pools.retire(name)
+    await svc.pools.retire(name, LATEST)
     for digest in await svc.registry.unused_packages_after(before.code_sha256):
         await svc.code.delete(digest)
 
@@ -372,14 +384,15 @@ async def delete_function(request: web.Request, p: dict[str, Any]) -> web.Respon
     if ref.qualifier == LATEST:
         raise InvalidParameterValueException("$LATEST version cannot be deleted without deleting the function.")
     if ref.qualifier is not None:
-        if not ref.qualifier.isdigit():
-            if await svc.registry.get_version(ref.name) is None:
-                raise function_not_found(svc.arns.function(ref.name))
-            raise InvalidParameterValueException("Deletion of aliases is not currently supported.")
         if await svc.registry.get_version(ref.name) is None:
             raise function_not_found(svc.arns.function(ref.name))
-        # Published versions arrive with the versions issue; a version that does not exist is a no-op (204).
-        return empty_response(204)
+        if not ref.qualifier.isdigit():
+            raise InvalidParameterValueException("Deletion of aliases is not currently supported.")
+        unused = await svc.registry.delete_version(ref.name, ref.qualifier)
+        await svc.pools.retire(ref.name, ref.qualifier)
+        for digest in unused or ():
+            await svc.code.delete(digest)
+        return empty_response(204)  # a version that does not exist is a no-op, as AWS
     unused = await svc.registry.delete_function(ref.name)
     if unused is None:
         raise function_not_found(svc.arns.function(ref.name))

@@ -18,8 +18,12 @@ from faas.runtime.pool import Pools, Throttled
 from faas.runtime.protocol import InvokeFrame, single_line
 from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter, Interpreters, RuntimeUnavailable, base_environment
 from faas.store.code import CodeStore
+from faas.store.aliases import Alias
 from faas.store.records import FunctionVersion
 from faas.store.registry import Registry
+
+
+_GOLDEN = 0.6180339887498949
 
 
 class InvokeRequest(msgspec.Struct):
@@ -53,12 +57,32 @@ class Router:
         self.pools = pools
         self.interpreters = interpreters
         self.work_dir = config.data_path / "instances"
+        self._spins: dict[tuple[str, str], int] = {}
 
-    async def resolve(self, name: str, qualifier: str | None) -> FunctionVersion:
-        version = await self.registry.get_version(name, qualifier or LATEST)
-        if version is None:
-            raise function_not_found(self.arns.function(name, qualifier or LATEST))
-        return version
+    async def resolve(self, name: str, qualifier: str | None, *, weighted: bool = False) -> FunctionVersion:
+        """The version a name and qualifier stand for. An alias resolves to its version; with `weighted`,
+        to the version its routing weights pick for this call."""
+        q = qualifier or LATEST
+        version = q
+        if q != LATEST and not q.isdigit():
+            alias = await self.registry.aliases.get(name, q)
+            if alias is None:
+                raise function_not_found(self.arns.function(name, q))
+            version = self._pick(alias) if weighted else alias.function_version
+        found = await self.registry.get_version(name, version)
+        if found is None:
+            raise function_not_found(self.arns.function(name, q))
+        return found
+
+    def _pick(self, alias: Alias) -> str:
+        """Split traffic by the alias's weights. A golden-ratio sequence rather than random draws: any run of
+        n calls sends weight*n of them (within one or two) to the extra version."""
+        if not alias.routing:
+            return alias.function_version
+        (extra, weight), = alias.routing.items()
+        key = (alias.function_name, alias.name)
+        n = self._spins[key] = self._spins.get(key, 0) + 1
+        return extra if (n * _GOLDEN) % 1.0 < weight else alias.function_version
 
     def environment(self, fv: FunctionVersion) -> dict[str, str]:
         cfg = fv.config
@@ -90,7 +114,7 @@ class Router:
         return env
 
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
-        fv = await self.resolve(req.function_name, req.qualifier)
+        fv = await self.resolve(req.function_name, req.qualifier, weighted=True)
         if fv.state != "Active":
             raise ResourceConflictException(
                 "The operation cannot be performed at this time. "

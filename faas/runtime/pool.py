@@ -95,10 +95,11 @@ class Pools:
         self._retired.discard(instance)
         await instance.stop()
 
-    async def retire(self, name: str, keep: PoolKey | None = None) -> None:
-        """Stop a function's instances (after an update or delete); busy ones stop when released."""
+    async def retire(self, name: str, version: str | None = None) -> None:
+        """Stop a function's instances, or one version's (after an update or delete); busy ones stop
+        when released."""
         stopping = []
-        for key in [k for k in self._pools if k[0] == name and k != keep]:
+        for key in [k for k in self._pools if k[0] == name and version in (None, k[1])]:
             pool = self._pools.pop(key)
             stopping.extend(pool.idle)
             self._retired.update(pool.busy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import datetime, timezone
 
 import msgspec
@@ -68,3 +69,7 @@ def aws_timestamp(when: datetime | None = None) -> str:
     """A function's LastModified as AWS writes it: 2024-01-01T12:00:00.000+0000."""
     when = when or datetime.now(timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}+0000"
+
+
+def new_revision() -> str:
+    return str(uuid.uuid4())
