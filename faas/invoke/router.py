@@ -125,15 +125,18 @@ class Router:
             interpreter = await self.interpreters.resolve(cfg.runtime or "")
         except RuntimeUnavailable as exc:
             raise ResourceConflictException(str(exc)) from None
+        code_dir = str(self.code.tree(fv.code_sha256))
+        command, protocol = interpreter.command(code_dir)
         spec = InstanceSpec(
             function_name=fv.function_name,
             version=fv.version,
+            runtime=cfg.runtime or "",
             handler=cfg.handler or "",
-            code_dir=str(self.code.tree(fv.code_sha256)),
+            code_dir=code_dir,
             memory_mb=cfg.memory_size,
             timeout_s=cfg.timeout,
-            environment=cfg.environment or {},
-            interpreter=interpreter,
+            command=command,
+            protocol=protocol,
             work_dir=str(self.work_dir),
             init_timeout_s=self.config.runtime.init_timeout,
             max_frame_bytes=self.config.limits.response_payload_bytes * 2 + 1024,
@@ -188,7 +191,7 @@ class Router:
         """Lambda's INIT_START line, naming the interpreter that serves the runtime."""
         runtime = fv.config.runtime or ""
         return (
-            f"INIT_START Runtime Version: python:{interpreter.version}\t"
+            f"INIT_START Runtime Version: {interpreter.family}:{interpreter.version or runtime}\t"
             f"Runtime Version ARN: {self.arns.runtime_version(runtime)}\tInterpreter: {interpreter.path}\n"
         ).encode()
 

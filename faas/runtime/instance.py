@@ -28,7 +28,6 @@ from faas.runtime.protocol import (
     encode_invoke,
     worker_frame_decoder,
 )
-from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter
 
 _LOG_CHUNK = 65536
 _ids = itertools.count(1)
@@ -45,13 +44,16 @@ class InstanceSpec(msgspec.Struct, frozen=True):
 
     function_name: str
     version: str
+    runtime: str
     handler: str
     code_dir: str
     memory_mb: int
     timeout_s: int
-    environment: dict[str, str]
-    interpreter: Interpreter
+    # argv of the worker: an interpreter and its bootstrap (JSON lines), or a custom runtime's `bootstrap`.
+    command: tuple[str, ...]
     work_dir: str  # instance temp dirs are created beneath it
+    protocol: str = "jsonl"  # or "runtime-api" (AWS's HTTP Runtime API, for provided.* runtimes)
+    opt_dir: str = ""  # the merged layers (Lambda's /opt), "" without layers
     init_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024
 
@@ -188,7 +190,7 @@ class Instance:
             fd = str(worker_sock.fileno())
             full_env.update(TMPDIR=str(tmp), AWS_LAMBDA_LOG_STREAM_NAME=log_stream, _FAAS_FD_IN=fd, _FAAS_FD_OUT=fd)
             self.proc = await asyncio.create_subprocess_exec(
-                spec.interpreter.path, str(PYTHON_BOOTSTRAP),
+                *spec.command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
                 pass_fds=(worker_sock.fileno(),), cwd=spec.code_dir, env=full_env,
                 start_new_session=True,

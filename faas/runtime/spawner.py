@@ -13,6 +13,7 @@ import msgspec
 
 WORKER_DIR = Path(__file__).resolve().parent / "worker"
 PYTHON_BOOTSTRAP = WORKER_DIR / "python_bootstrap.py"
+NODE_BOOTSTRAP = WORKER_DIR / "node_bootstrap.mjs"
 
 # Reserved by Lambda: a function's own Environment may not set these.
 RESERVED_ENV = frozenset(
@@ -27,11 +28,36 @@ RESERVED_ENV = frozenset(
 
 
 class Interpreter(msgspec.Struct, frozen=True):
-    """A resolved program for a runtime: the real executable (shims resolved) and its version."""
+    """A resolved program for a runtime: the real executable (shims resolved) and its version.
+    Custom runtimes (provided.*) have none: the package's own `bootstrap` is the program."""
 
     runtime: str
     path: str
     version: str
+
+    @property
+    def family(self) -> str:
+        return runtime_family(self.runtime)
+
+    def command(self, code_dir: str, opt_dir: str = "") -> tuple[tuple[str, ...], str]:
+        """argv that starts a worker, and the protocol it speaks."""
+        family = self.family
+        if family == "python":
+            return (self.path, str(PYTHON_BOOTSTRAP)), "jsonl"
+        if family == "nodejs":
+            return (self.path, str(NODE_BOOTSTRAP)), "jsonl"
+        # Lambda runs the package's bootstrap, or one a layer put in /opt.
+        bootstrap = Path(code_dir) / "bootstrap"
+        if not bootstrap.exists() and opt_dir:
+            bootstrap = Path(opt_dir) / "bootstrap"
+        return (str(bootstrap),), "runtime-api"
+
+
+def runtime_family(runtime: str) -> str:
+    for family in ("python", "nodejs", "provided"):
+        if runtime.startswith(family):
+            return family
+    return runtime
 
 
 class RuntimeUnavailable(Exception):
@@ -57,7 +83,12 @@ class Interpreters:
             return self._found[runtime]
 
     async def _resolve(self, runtime: str) -> Interpreter:
-        if not runtime.startswith("python3"):
+        family = runtime_family(runtime)
+        if family == "provided":
+            return Interpreter(runtime, "", "")
+        if family == "nodejs":
+            return await self._resolve_node(runtime)
+        if family != "python":
             raise RuntimeUnavailable(f"Runtime {runtime} is not supported by this server.")
         candidates = []
         if runtime in self._configured:
@@ -76,6 +107,15 @@ class Interpreters:
         raise RuntimeUnavailable(f"No interpreter found for runtime {runtime}.")
 
 
+    async def _resolve_node(self, runtime: str) -> Interpreter:
+        program = self._configured.get(runtime) or shutil.which("node")
+        if program:
+            version = await _probe(program, "--version")
+            if version:
+                return Interpreter(runtime, str(Path(program).resolve()), version.strip().lstrip("v"))
+        raise RuntimeUnavailable(f"No node binary found for runtime {runtime}.")
+
+
 def _pyenv_candidates(runtime: str) -> list[str]:
     """Interpreters installed by pyenv but not selected as global (their shims then refuse to run)."""
     root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
@@ -86,19 +126,25 @@ def _pyenv_candidates(runtime: str) -> list[str]:
     return [str(p) for p in reversed(found)]
 
 
-async def _probe_python(program: str) -> tuple[str, str] | None:
-    """Run the program once to learn its real executable (pyenv and similar shims cost ~50 ms a start)."""
+async def _probe(program: str, *args: str) -> str | None:
+    """Run a program once and return what it printed, or None when it failed."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            program, "-c", "import sys, platform; print(sys.executable); print(platform.python_version())",
+            program, *args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
     except (OSError, asyncio.TimeoutError):
         return None
-    if proc.returncode != 0:
+    return out.decode() if proc.returncode == 0 else None
+
+
+async def _probe_python(program: str) -> tuple[str, str] | None:
+    """Run the interpreter once to learn its real executable (pyenv and similar shims cost ~50 ms a start)."""
+    out = await _probe(program, "-c", "import sys, platform; print(sys.executable); print(platform.python_version())")
+    if out is None:
         return None
-    lines = out.decode().split()
+    lines = out.split()
     if len(lines) < 2:
         return None
     return lines[0], lines[1]
