@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -9,6 +10,7 @@ from aiohttp import web
 import faas.api.aliases  # noqa: F401  (each module registers its operation handlers)
 import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
+import faas.api.layers  # noqa: F401
 import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
 from faas.api.middleware import aws_errors
@@ -18,10 +20,12 @@ from faas.arn import Arns
 from faas.config import Config
 from faas.invoke.router import Router
 from faas.runtime.pool import Pools
+from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
 from faas.services import SERVICES, Services
 from faas.store.code import CodeStore
 from faas.store.db import Database
+from faas.store.layers import Layers
 from faas.store.registry import Registry
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
@@ -59,8 +63,9 @@ def create_app(config: Config) -> web.Application:
             max_unzipped=config.limits.code_size_unzipped,
         )
         interpreters = Interpreters(config.runtime.interpreters, python_fallback=config.runtime.python_fallback)
-        router = Router(config, arns, registry, code, pools, interpreters)
-        app[SERVICES] = Services(config, arns, db, registry, code, interpreters, pools, router)
+        sandbox = await asyncio.to_thread(detect_sandbox, config.runtime.sandbox, config.runtime.network)
+        router = Router(config, arns, registry, code, pools, interpreters, sandbox)
+        app[SERVICES] = Services(config, arns, db, registry, code, interpreters, pools, router, Layers(db))
         yield
 
     app.cleanup_ctx.extend([database, pools, services])

@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from faas.config import Config, load_config
+from faas.runtime.sandbox import SandboxUnavailable
 
 log = logging.getLogger("faas")
 
@@ -22,7 +23,14 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=config.server.shutdown_timeout)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BaseException as exc:
+        # Services that did start (the database, the pools) are closed before the process exits.
+        await runner.cleanup()
+        if isinstance(exc, SandboxUnavailable):
+            raise SystemExit(f"faas: {exc}") from None
+        raise
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
         await site.start()

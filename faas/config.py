@@ -54,6 +54,11 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     python_fallback: bool = True
     # Seconds a worker may take to start and run its module-level code before the invocation fails.
     init_timeout: float = 10.0
+    # "none", or "bwrap": each instance in its own namespaces (bubblewrap), code read-only at /var/task,
+    # layers at /opt, a private /tmp sized by EphemeralStorage, no view of the data dir.
+    sandbox: str = "none"
+    # With the sandbox: false gives functions no network (custom runtimes keep loopback to their Runtime API).
+    network: bool = True
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True):

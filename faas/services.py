@@ -14,6 +14,7 @@ from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
 from faas.store.code import CodeStore
 from faas.store.db import Database
+from faas.store.layers import Layers
 from faas.store.registry import Registry
 
 
@@ -27,6 +28,7 @@ class Services:
     interpreters: Interpreters
     pools: Pools
     router: Router
+    layers: Layers
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from faas.api.layers import check_layers_errors, resolve_function_layers
 from faas.api.model import empty_response, json_response, operation
 from faas.api.pagination import decode_marker, encode_marker, page_size
 from faas.api.shapes import function_configuration
@@ -51,6 +52,7 @@ def _config_invalid(params: dict[str, Any], errors: list[str]) -> None:
             f"Value {params.get('Runtime')} at 'runtime' failed to satisfy constraint: Member must satisfy enum "
             f"value set: [{', '.join(SUPPORTED_RUNTIMES)}] or be a valid ARN"
         )
+    check_layers_errors(params, errors)
 
 
 def _check_runtime(runtime: str | None) -> None:
@@ -119,15 +121,6 @@ def _logging_settings(given: dict[str, Any] | None, current: LoggingSettings) ->
     )
 
 
-def _check_layers(svc: Services, layers: list[str] | None) -> list[str]:
-    if not layers:
-        return []
-    if len(layers) > 5:
-        raise InvalidParameterValueException("Cannot reference more than 5 layers.")
-    # Layers are not published on this server yet, so any reference names a version that does not exist.
-    raise InvalidParameterValueException(f"Layer version {layers[0]} does not exist.")
-
-
 async def _store_code(svc: Services, code: dict[str, Any]) -> CodePackage:
     if "ZipFile" in code and code["ZipFile"] is not None:
         return await svc.code.put(code["ZipFile"])
@@ -165,7 +158,7 @@ async def create_function(request: web.Request, p: dict[str, Any]) -> web.Respon
     tags = p.get("Tags") or {}
     if len(tags) > MAX_TAGS:
         raise InvalidParameterValueException("Number of tags exceeds resource tag limit.")
-    layers = _check_layers(svc, p.get("Layers"))
+    layers = await resolve_function_layers(svc, p.get("Layers") or [])
     config = FunctionConfig(
         role=p["Role"],
         runtime=p.get("Runtime"),
@@ -335,7 +328,7 @@ async def update_function_configuration(request: web.Request, p: dict[str, Any])
     _check_runtime(p.get("Runtime"))
     _check_ranges(p)
     environment = _check_environment(p.get("Environment"))
-    layers = _check_layers(svc, p.get("Layers")) if "Layers" in p else None
+    layers = await resolve_function_layers(svc, p.get("Layers") or []) if "Layers" in p else None
     _check_revision(p.get("RevisionId"), current)
     _check_not_in_progress(svc, current)
 
@@ -416,5 +409,5 @@ async def get_account_settings(request: web.Request, p: dict[str, Any]) -> web.R
             "ConcurrentExecutions": account.concurrent_executions,
             "UnreservedConcurrentExecutions": account.concurrent_executions - reserved,
         },
-        "AccountUsage": {"TotalCodeSize": total, "FunctionCount": count},
+        "AccountUsage": {"TotalCodeSize": total + await svc.layers.total_code_size(), "FunctionCount": count},
     })

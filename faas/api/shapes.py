@@ -45,7 +45,7 @@ def function_configuration(
     if cfg.kms_key_arn:
         out["KMSKeyArn"] = cfg.kms_key_arn
     if cfg.layers:
-        out["Layers"] = [{"Arn": arn} for arn in cfg.layers]
+        out["Layers"] = [{"Arn": r.arn, "CodeSize": r.code_size} for r in cfg.layers]
     if listing:
         return out
     if cfg.runtime:

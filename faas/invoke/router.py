@@ -16,8 +16,11 @@ from faas.logs import invocation_log
 from faas.runtime.instance import InitFailure, InstanceSpec, Outcome
 from faas.runtime.pool import Pools, Throttled
 from faas.runtime.protocol import InvokeFrame, single_line
-from faas.runtime.spawner import PYTHON_BOOTSTRAP, Interpreter, Interpreters, RuntimeUnavailable, base_environment
+from faas.runtime.environment import Paths, function_environment
+from faas.runtime.sandbox import OPT_ROOT, RUNTIME_ROOT, TASK_ROOT, Sandbox
+from faas.runtime.spawner import WORKER_DIR, Interpreter, Interpreters, RuntimeUnavailable
 from faas.store.code import CodeStore
+from faas.store.layers import assemble_opt
 from faas.store.aliases import Alias
 from faas.store.records import FunctionVersion
 from faas.store.registry import Registry
@@ -48,7 +51,7 @@ class InvokeResult(msgspec.Struct):
 class Router:
     def __init__(
         self, config: Config, arns: Arns, registry: Registry, code: CodeStore, pools: Pools,
-        interpreters: Interpreters,
+        interpreters: Interpreters, sandbox: Sandbox | None = None,
     ):
         self.config = config
         self.arns = arns
@@ -56,6 +59,7 @@ class Router:
         self.code = code
         self.pools = pools
         self.interpreters = interpreters
+        self.sandbox = sandbox or Sandbox()
         self.work_dir = config.data_path / "instances"
         self._spins: dict[tuple[str, str], int] = {}
 
@@ -84,35 +88,6 @@ class Router:
         n = self._spins[key] = self._spins.get(key, 0) + 1
         return extra if (n * _GOLDEN) % 1.0 < weight else alias.function_version
 
-    def environment(self, fv: FunctionVersion) -> dict[str, str]:
-        cfg = fv.config
-        region = self.config.account.region
-        env = base_environment()
-        env.update(cfg.environment or {})
-        env.update(
-            AWS_LAMBDA_FUNCTION_NAME=fv.function_name,
-            AWS_LAMBDA_FUNCTION_VERSION=fv.version,
-            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(cfg.memory_size),
-            AWS_LAMBDA_LOG_GROUP_NAME=cfg.logging.log_group or f"/aws/lambda/{fv.function_name}",
-            AWS_LAMBDA_INITIALIZATION_TYPE="on-demand",
-            AWS_REGION=region,
-            AWS_DEFAULT_REGION=region,
-            AWS_EXECUTION_ENV=f"AWS_Lambda_{cfg.runtime}",
-            AWS_ACCESS_KEY_ID="test",
-            AWS_SECRET_ACCESS_KEY="test",
-            AWS_SESSION_TOKEN="test",
-            AWS_ENDPOINT_URL=self.config.base_url,
-            LAMBDA_TASK_ROOT=str(self.code.tree(fv.code_sha256)),
-            LAMBDA_RUNTIME_DIR=str(PYTHON_BOOTSTRAP.parent),
-            _HANDLER=cfg.handler or "",
-            TZ=":UTC",
-            PYTHONUNBUFFERED="1",
-            PYTHONDONTWRITEBYTECODE="1",
-        )
-        if cfg.logging.application_log_level:
-            env["AWS_LAMBDA_LOG_LEVEL"] = cfg.logging.application_log_level
-        return env
-
     async def invoke(self, req: InvokeRequest) -> InvokeResult:
         fv = await self.resolve(req.function_name, req.qualifier, weighted=True)
         if fv.state != "Active":
@@ -126,7 +101,20 @@ class Router:
         except RuntimeUnavailable as exc:
             raise ResourceConflictException(str(exc)) from None
         code_dir = str(self.code.tree(fv.code_sha256))
-        command, protocol = interpreter.command(code_dir)
+        opt_dir = await self.opt_dir(fv)
+        sandbox = self.sandbox
+        if sandbox.enabled:
+            paths = Paths(TASK_ROOT, RUNTIME_ROOT, OPT_ROOT if opt_dir else "")
+        else:
+            paths = Paths(code_dir, str(WORKER_DIR), opt_dir)
+        command, protocol = interpreter.command(code_dir, opt_dir, paths.task_root, paths.opt_root, paths.runtime_dir)
+        if sandbox.enabled:
+            command = sandbox.prefix(
+                code_dir=code_dir, opt_dir=opt_dir, runtime_dir=str(WORKER_DIR), program_roots=[interpreter.root],
+                tmp_bytes=cfg.ephemeral_storage * 1024 * 1024,
+                # A custom runtime reaches its Runtime API over loopback, so it keeps the network.
+                network=sandbox.network or protocol == "runtime-api",
+            ) + command
         spec = InstanceSpec(
             function_name=fv.function_name,
             version=fv.version,
@@ -137,12 +125,16 @@ class Router:
             timeout_s=cfg.timeout,
             command=command,
             protocol=protocol,
+            opt_dir=opt_dir,
+            sandboxed=sandbox.enabled,
             work_dir=str(self.work_dir),
             init_timeout_s=self.config.runtime.init_timeout,
             max_frame_bytes=self.config.limits.response_payload_bytes * 2 + 1024,
         )
         key = (fv.function_name, fv.version, fv.revision_id)
-        env = self.environment(fv)
+        env = function_environment(
+            fv, interpreter, paths, region=self.config.account.region, endpoint_url=self.config.base_url
+        )
         invoked_arn = self.arns.function(fv.function_name, req.qualifier)
         started = time.perf_counter()
         try:
@@ -186,6 +178,13 @@ class Router:
             function_error="Unhandled" if error_type else None, error_type=error_type,
             log=log, duration_ms=outcome.duration_ms, cold=cold,
         )
+
+    async def opt_dir(self, fv: FunctionVersion) -> str:
+        """The merged layers of a version (its /opt), "" when it has none."""
+        if not fv.config.layers:
+            return ""
+        opt = await assemble_opt(self.code, self.config.data_path / "opt", [r.sha256 for r in fv.config.layers])
+        return str(opt)
 
     def _init_start(self, fv: FunctionVersion, interpreter: Interpreter) -> bytes:
         """Lambda's INIT_START line, naming the interpreter that serves the runtime."""

@@ -54,6 +54,7 @@ class InstanceSpec(msgspec.Struct, frozen=True):
     work_dir: str  # instance temp dirs are created beneath it
     protocol: str = "jsonl"  # or "runtime-api" (AWS's HTTP Runtime API, for provided.* runtimes)
     opt_dir: str = ""  # the merged layers (Lambda's /opt), "" without layers
+    sandboxed: bool = False  # the command runs inside the sandbox, which gives it a private /tmp
     init_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024
 
@@ -180,8 +181,9 @@ class Instance:
         spec = self.spec
         self.log_stream = log_stream
         self._tmp = Path(spec.work_dir) / self.id
-        tmp = self._tmp / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = Path("/tmp") if spec.sandboxed else self._tmp / "tmp"
+        if not spec.sandboxed:
+            tmp.mkdir(parents=True, exist_ok=True)
         server_sock, worker_sock = socket.socketpair()
         log_r, log_w = os.pipe()
         started = time.perf_counter()
@@ -269,7 +271,9 @@ class Instance:
             }
             return Outcome(msgspec.json.encode(error), "Sandbox.Timedout", logs.take(), duration, memory,
                            reusable=False, timed_out=True)
-        except (ValueError, ConnectionError, asyncio.LimitOverrunError):
+        except ConnectionError:
+            line = b""  # the worker is gone: reported below as the exit it was
+        except (ValueError, asyncio.LimitOverrunError):
             # A frame over the limit: far past the response size AWS allows.
             await self._kill()
             line = b"\x00too-large"
@@ -296,12 +300,13 @@ class Instance:
         memory = _peak_rss_mb(pid)
         self.last_used = time.monotonic()
         reply = worker_frame_decoder.decode(line)
+        reusable = not reply.exiting
         if reply.t == "result":
             payload = bytes(reply.payload) or b"null"
-            return Outcome(payload, None, logs.take(), duration, memory, reusable=True)
+            return Outcome(payload, None, logs.take(), duration, memory, reusable=reusable)
         error = reply.error or {"errorType": "Runtime.Unknown", "errorMessage": "worker sent no error"}
         return Outcome(msgspec.json.encode(error), str(error.get("errorType") or "Unhandled"), logs.take(),
-                       duration, memory, reusable=True)
+                       duration, memory, reusable=reusable)
 
     def _too_large(self, logs: _LogCollector, duration: float) -> Outcome:
         self._dead = True

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timezone
 
 from faas.runtime.instance import Instance, InstanceSpec
+from faas.runtime.runtime_api import RuntimeApiInstance
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Pools:
                 pool.busy.add(instance)
                 return instance, False
             await instance.stop()
-        instance = Instance(spec)
+        instance = RuntimeApiInstance(spec) if spec.protocol == "runtime-api" else Instance(spec)
         pool.busy.add(instance)
         try:
             await instance.start(env, log_stream_name(key[1]))

@@ -19,6 +19,8 @@ class WorkerFrame(msgspec.Struct, omit_defaults=True):
     init_ms: float | None = None
     payload: msgspec.Raw = msgspec.Raw()
     error: dict[str, Any] | None = None
+    # The worker ends after this reply (e.g. Node after an uncaught exception): do not reuse it.
+    exiting: bool = False
 
 
 class InvokeFrame(msgspec.Struct):

@@ -39,18 +39,24 @@ class Interpreter(msgspec.Struct, frozen=True):
     def family(self) -> str:
         return runtime_family(self.runtime)
 
-    def command(self, code_dir: str, opt_dir: str = "") -> tuple[tuple[str, ...], str]:
-        """argv that starts a worker, and the protocol it speaks."""
+    @property
+    def root(self) -> str:
+        """The installation the interpreter runs from (bin/python -> its prefix), for sandbox binds."""
+        return str(Path(self.path).parent.parent) if self.path else ""
+
+    def command(self, code_dir: str, opt_dir: str, task_root: str, opt_root: str, runtime_dir: str
+                ) -> tuple[tuple[str, ...], str]:
+        """argv that starts a worker, and the protocol it speaks. `code_dir`/`opt_dir` are where the files
+        are on this host; `task_root`/`opt_root`/`runtime_dir` where the worker sees them."""
         family = self.family
         if family == "python":
-            return (self.path, str(PYTHON_BOOTSTRAP)), "jsonl"
+            return (self.path, f"{runtime_dir}/{PYTHON_BOOTSTRAP.name}"), "jsonl"
         if family == "nodejs":
-            return (self.path, str(NODE_BOOTSTRAP)), "jsonl"
-        # Lambda runs the package's bootstrap, or one a layer put in /opt.
-        bootstrap = Path(code_dir) / "bootstrap"
-        if not bootstrap.exists() and opt_dir:
-            bootstrap = Path(opt_dir) / "bootstrap"
-        return (str(bootstrap),), "runtime-api"
+            return (self.path, f"{runtime_dir}/{NODE_BOOTSTRAP.name}"), "jsonl"
+        # Lambda runs the package's bootstrap, or else one a layer put in /opt.
+        if not (Path(code_dir) / "bootstrap").exists() and opt_dir and (Path(opt_dir) / "bootstrap").exists():
+            return (f"{opt_root}/bootstrap",), "runtime-api"
+        return (f"{task_root}/bootstrap",), "runtime-api"
 
 
 def runtime_family(runtime: str) -> str:

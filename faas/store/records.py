@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import msgspec
 
+from faas.store.layers import LayerRef
+
 
 class LoggingSettings(msgspec.Struct, rename="pascal", omit_defaults=True):
     log_format: str = "Text"
@@ -35,7 +37,7 @@ class FunctionConfig(msgspec.Struct, rename="pascal", omit_defaults=True):
     dead_letter_target: str | None = None
     kms_key_arn: str | None = None
     snap_start: str = "None"
-    layers: list[str] = msgspec.field(default_factory=list)
+    layers: list[LayerRef] = msgspec.field(default_factory=list)
 
 
 class FunctionVersion(msgspec.Struct):

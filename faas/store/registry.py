@@ -20,6 +20,7 @@ from faas.errors import (
 )
 from faas.store.code import CodePackage
 from faas.store.db import Database
+from faas.store.layers import package_in_use
 from faas.store.aliases import Aliases
 from faas.store.records import FunctionConfig, FunctionRecord, FunctionVersion, aws_timestamp, new_revision
 
@@ -307,9 +308,8 @@ class Registry:
     async def _drop_unused_packages(self, conn, digests: list[str]) -> list[str]:
         unused = []
         for digest in digests:
-            async with conn.execute("SELECT 1 FROM versions WHERE code_sha256 = ? LIMIT 1", (digest,)) as cur:
-                if await cur.fetchone():
-                    continue
+            if await package_in_use(conn, digest):
+                continue
             await conn.execute("DELETE FROM code_packages WHERE sha256 = ?", (digest,))
             unused.append(digest)
         return unused
