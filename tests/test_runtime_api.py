@@ -320,7 +320,7 @@ echo "got $EVENT_DATA, giving up"
     frame = make_frame({"n": 1})
     began = time.monotonic()
     outcome = await instance.invoke(frame, 5.0)
-    assert time.monotonic() - began < 0.9  # not held up by the pipe the orphan keeps open
+    assert time.monotonic() - began < 4  # well before the 5 s timeout: not held up by the orphan's pipe
     assert group_members(pid) == []
     assert outcome.error_type == "Runtime.ExitError" and not outcome.reusable and not outcome.timed_out
     assert json.loads(outcome.payload) == {
