@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 import faas.api.aliases  # noqa: F401  (each module registers its operation handlers)
+import faas.api.concurrency  # noqa: F401
 import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
 import faas.api.layers  # noqa: F401
@@ -18,14 +19,16 @@ from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
 from faas.arn import Arns
 from faas.config import Config
+from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
-from faas.runtime.pool import Pools
+from faas.runtime.pool import Limits, Pools
 from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
 from faas.services import SERVICES, Services
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
@@ -43,11 +46,19 @@ def create_app(config: Config) -> web.Application:
         await db.close()
 
     async def pools(app: web.Application) -> AsyncIterator[None]:
-        pools = Pools(
+        rt = config.runtime
+        pools = Pools(Limits(
             concurrency=config.account.concurrent_executions,
-            idle_timeout=config.runtime.idle_timeout,
-            reap_interval=config.runtime.reap_interval,
-        )
+            minimum_unreserved=config.account.minimum_unreserved,
+            memory_budget_mb=config.memory_budget_mb,
+            idle_timeout=rt.idle_timeout,
+            max_lifetime=rt.max_lifetime,
+            reap_interval=rt.reap_interval,
+            scale_burst=rt.scale_burst,
+            scale_rate=rt.scale_rate,
+            freeze=rt.freeze,
+        ))
+        pools.reserved = await ConcurrencySettings(app[_DATABASE]).reserved()
         pools.start()
         app[_POOLS] = pools
         yield
@@ -65,8 +76,14 @@ def create_app(config: Config) -> web.Application:
         interpreters = Interpreters(config.runtime.interpreters, python_fallback=config.runtime.python_fallback)
         sandbox = await asyncio.to_thread(detect_sandbox, config.runtime.sandbox, config.runtime.network)
         router = Router(config, arns, registry, code, pools, interpreters, sandbox)
-        app[SERVICES] = Services(config, arns, db, registry, code, interpreters, pools, router, Layers(db))
+        concurrency = ConcurrencySettings(db)
+        provisioner = Provisioner(router, pools, concurrency, config.runtime.provision_interval)
+        app[SERVICES] = Services(
+            config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner
+        )
+        provisioner.start()
         yield
+        await provisioner.close()
 
     app.cleanup_ctx.extend([database, pools, services])
     add_server_routes(app)

@@ -30,6 +30,8 @@ class AccountConfig(msgspec.Struct, forbid_unknown_fields=True):
     concurrent_executions: int = 1000
     # AWS keeps this many executions unreserved; PutFunctionConcurrency may not go below it.
     minimum_unreserved: int = 100
+    # Memory all instances together may reserve (each reserves its MemorySize). 0: 75% of this machine's RAM.
+    memory_budget_mb: int = 0
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,6 +49,15 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     idle_timeout: float = 600.0
     # How often the idle reaper looks for instances to stop.
     reap_interval: float = 5.0
+    # Seconds after which an instance is recycled between invocations.
+    max_lifetime: float = 14400.0
+    # Freeze idle instances (SIGSTOP on their process group) as Lambda freezes execution environments.
+    freeze: bool = True
+    # How fast one function adds instances: a burst of this many at once, then scale_rate per second.
+    scale_burst: int = 1000
+    scale_rate: float = 100.0
+    # Seconds between passes that keep provisioned concurrency at the requested number of instances.
+    provision_interval: float = 1.0
     # Interpreter per runtime identifier, e.g. {"python3.12" = "/usr/bin/python3.12"}. Runtimes not listed
     # are found on PATH (python3.12 -> `python3.12`); when none is found the server's own interpreter serves
     # the runtime if `python_fallback` is true.
@@ -61,6 +72,17 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     network: bool = True
 
 
+def memory_total_mb() -> int:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -70,6 +92,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir).resolve()
+
+    @property
+    def memory_budget_mb(self) -> int:
+        return self.account.memory_budget_mb or memory_total_mb() * 3 // 4
 
     @property
     def base_url(self) -> str:

@@ -91,6 +91,11 @@ class RequestEntityTooLargeException(LambdaError):
     message_key = "Message"
 
 
+class ProvisionedConcurrencyConfigNotFoundException(LambdaError):
+    status = 404
+    code = "ProvisionedConcurrencyConfigNotFoundException"
+
+
 class TooManyRequestsException(LambdaError):
     status = 429
     code = "TooManyRequestsException"

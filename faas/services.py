@@ -9,12 +9,14 @@ from aiohttp import web
 
 from faas.arn import Arns
 from faas.config import Config
+from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
 from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
 
@@ -29,6 +31,8 @@ class Services:
     pools: Pools
     router: Router
     layers: Layers
+    concurrency: ConcurrencySettings
+    provisioner: Provisioner
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -111,6 +111,7 @@ async def update_alias(request: web.Request, p: dict[str, Any]) -> web.Response:
     updated = await svc.registry.aliases.update(name, p["Name"], change)
     if updated is None:
         raise ResourceNotFoundException(f"Alias not found: {svc.arns.function(name, p['Name'])}")
+    svc.provisioner.poke()  # provisioned concurrency on the alias follows it to its new version
     return json_response(alias_shape(svc, updated))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 import msgspec
 
 from faas.arn import LATEST, Arns
@@ -14,7 +15,7 @@ from faas.errors import (
 )
 from faas.logs import invocation_log
 from faas.runtime.instance import InitFailure, InstanceSpec, Outcome
-from faas.runtime.pool import Pools, Throttled
+from faas.runtime.pool import PoolKey, Pools, Throttled
 from faas.runtime.protocol import InvokeFrame, single_line
 from faas.runtime.environment import Paths, function_environment
 from faas.runtime.sandbox import OPT_ROOT, RUNTIME_ROOT, TASK_ROOT, Sandbox
@@ -27,6 +28,15 @@ from faas.store.registry import Registry
 
 
 _GOLDEN = 0.6180339887498949
+_PREPARED_CACHE = 1024
+
+
+@dataclass(frozen=True)
+class Prepared:
+    key: PoolKey
+    spec: InstanceSpec
+    env: dict[str, str]
+    interpreter: Interpreter
 
 
 class InvokeRequest(msgspec.Struct):
@@ -62,6 +72,7 @@ class Router:
         self.sandbox = sandbox or Sandbox()
         self.work_dir = config.data_path / "instances"
         self._spins: dict[tuple[str, str], int] = {}
+        self._prepared: dict[tuple[str, str, str, str], Prepared] = {}
 
     async def resolve(self, name: str, qualifier: str | None, *, weighted: bool = False) -> FunctionVersion:
         """The version a name and qualifier stand for. An alias resolves to its version; with `weighted`,
@@ -95,6 +106,60 @@ class Router:
                 "The operation cannot be performed at this time. "
                 f"The function is currently in the following state: {fv.state}"
             )
+        cfg = fv.config
+        prepared = await self.prepare(fv)
+        key, spec, env, interpreter = prepared.key, prepared.spec, prepared.env, prepared.interpreter
+        invoked_arn = self.arns.function(fv.function_name, req.qualifier)
+        started = time.perf_counter()
+        try:
+            instance, cold = await self.pools.acquire(key, spec, env, req.qualifier)
+        except Throttled as exc:
+            raise TooManyRequestsException("Rate Exceeded.", Reason=exc.reason) from None
+        except InitFailure as failure:
+            return self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
+        frame = InvokeFrame(
+            id=req.request_id,
+            deadline_ms=int(time.time() * 1000) + cfg.timeout * 1000,
+            arn=invoked_arn,
+            event=msgspec.Raw(single_line(req.payload) if req.payload else b"{}"),
+            trace_id=req.trace_id,
+            client_context=msgspec.Raw(single_line(req.client_context) if req.client_context else b"null"),
+        )
+        outcome: Outcome | None = None
+        try:
+            outcome = await instance.invoke(frame, float(cfg.timeout))
+        finally:
+            await self.pools.release(key, instance, outcome is not None and outcome.reusable)
+        payload, error_type = outcome.payload, outcome.error_type
+        if error_type is None and len(payload) > self.config.limits.response_payload_bytes:
+            limit = self.config.limits.response_payload_bytes
+            error_type = "Function.ResponseSizeTooLarge"
+            payload = msgspec.json.encode({
+                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({limit} bytes).",
+                "errorType": error_type,
+            })
+        log = invocation_log(
+            req.request_id, fv.version, outcome.output,
+            duration_ms=outcome.duration_ms, memory_mb=cfg.memory_size,
+            max_memory_used_mb=outcome.max_memory_mb,
+            init_ms=instance.init_ms if cold else None,
+            init_output=self._init_start(fv, interpreter) + instance.init_output if cold else b"",
+            timed_out_after=float(cfg.timeout) if outcome.timed_out else None,
+            status_error=error_type if error_type and error_type.startswith(("Runtime.", "Sandbox.")) else None,
+        )
+        return InvokeResult(
+            payload=payload, executed_version=fv.version,
+            function_error="Unhandled" if error_type else None, error_type=error_type,
+            log=log, duration_ms=outcome.duration_ms, cold=cold,
+        )
+
+    async def prepare(self, fv: FunctionVersion, initialization: str = "on-demand") -> Prepared:
+        """How instances of a version start: pool key, spec and environment. Cached: the key includes the
+        revision id, so an update makes a new entry and the warm path does no work here."""
+        cache_key = (fv.function_name, fv.version, fv.revision_id, initialization)
+        prepared = self._prepared.get(cache_key)
+        if prepared is not None:
+            return prepared
         cfg = fv.config
         try:
             interpreter = await self.interpreters.resolve(cfg.runtime or "")
@@ -135,49 +200,11 @@ class Router:
         env = function_environment(
             fv, interpreter, paths, region=self.config.account.region, endpoint_url=self.config.base_url
         )
-        invoked_arn = self.arns.function(fv.function_name, req.qualifier)
-        started = time.perf_counter()
-        try:
-            instance, cold = await self.pools.acquire(key, spec, env)
-        except Throttled as exc:
-            raise TooManyRequestsException("Rate Exceeded.", Reason=exc.reason) from None
-        except InitFailure as failure:
-            return self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
-        frame = InvokeFrame(
-            id=req.request_id,
-            deadline_ms=int(time.time() * 1000) + cfg.timeout * 1000,
-            arn=invoked_arn,
-            event=msgspec.Raw(single_line(req.payload) if req.payload else b"{}"),
-            trace_id=req.trace_id,
-            client_context=msgspec.Raw(single_line(req.client_context) if req.client_context else b"null"),
-        )
-        outcome: Outcome | None = None
-        try:
-            outcome = await instance.invoke(frame, float(cfg.timeout))
-        finally:
-            await self.pools.release(key, instance, outcome is not None and outcome.reusable)
-        payload, error_type = outcome.payload, outcome.error_type
-        if error_type is None and len(payload) > self.config.limits.response_payload_bytes:
-            limit = self.config.limits.response_payload_bytes
-            error_type = "Function.ResponseSizeTooLarge"
-            payload = msgspec.json.encode({
-                "errorMessage": f"Response payload size exceeded maximum allowed payload size ({limit} bytes).",
-                "errorType": error_type,
-            })
-        log = invocation_log(
-            req.request_id, fv.version, outcome.output,
-            duration_ms=outcome.duration_ms, memory_mb=cfg.memory_size,
-            max_memory_used_mb=outcome.max_memory_mb,
-            init_ms=instance.init_ms if cold else None,
-            init_output=self._init_start(fv, interpreter) + instance.init_output if cold else b"",
-            timed_out_after=float(cfg.timeout) if outcome.timed_out else None,
-            status_error=error_type if error_type and error_type.startswith(("Runtime.", "Sandbox.")) else None,
-        )
-        return InvokeResult(
-            payload=payload, executed_version=fv.version,
-            function_error="Unhandled" if error_type else None, error_type=error_type,
-            log=log, duration_ms=outcome.duration_ms, cold=cold,
-        )
+        env["AWS_LAMBDA_INITIALIZATION_TYPE"] = initialization
+        if len(self._prepared) >= _PREPARED_CACHE:
+            self._prepared.pop(next(iter(self._prepared)))
+        prepared = self._prepared[cache_key] = Prepared(key, spec, env, interpreter)
+        return prepared
 
     async def opt_dir(self, fv: FunctionVersion) -> str:
         """The merged layers of a version (its /opt), "" when it has none."""

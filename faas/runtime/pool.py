@@ -1,12 +1,17 @@
-"""Warm instances per function version, the account's concurrency, and the idle reaper."""
+"""Execution environments per function version, and the limits on them: account and reserved concurrency,
+provisioned instances, a memory budget, the scale-up rate, keep-alive, maximum lifetime and freezing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from faas.runtime.instance import Instance, InstanceSpec
@@ -19,7 +24,7 @@ PoolKey = tuple[str, str, str]
 
 
 class Throttled(Exception):
-    """No concurrency left: the caller answers 429."""
+    """No capacity for this invocation: the caller answers 429 with `reason` (Lambda's ThrottleReason)."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
@@ -31,97 +36,318 @@ def log_stream_name(version: str) -> str:
     return f"{day}/[{version}]{uuid.uuid4().hex}"
 
 
+@dataclass(eq=False)
+class _Meta:
+    key: PoolKey
+    memory_mb: int
+    provisioned_for: str | None = None  # the qualifier whose provisioned concurrency this instance serves
+    frozen: bool = False
+
+
+@dataclass
 class _Pool:
-    def __init__(self) -> None:
-        self.idle: list[Instance] = []  # most recently used last
-        self.busy: set[Instance] = set()
+    idle: list[Instance] = field(default_factory=list)  # on-demand, most recently used last
+    provisioned: dict[str, list[Instance]] = field(default_factory=dict)  # qualifier -> idle provisioned
+    busy: set[Instance] = field(default_factory=set)
+
+
+@dataclass
+class _Bucket:
+    """Token bucket bounding how fast one function adds instances."""
+
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class Limits:
+    concurrency: int = 1000
+    minimum_unreserved: int = 100
+    memory_budget_mb: int = 0  # 0: no budget
+    idle_timeout: float = 600.0
+    max_lifetime: float = 4 * 3600.0
+    reap_interval: float = 5.0
+    scale_burst: int = 1000  # instances a function may add at once
+    scale_rate: float = 100.0  # ... and per second after that
+    freeze: bool = True
 
 
 class Pools:
-    """Hands out instances: the most recently used idle one, or a new one (a cold start)."""
+    """Hands out instances: a provisioned one for the qualifier, the most recently used idle one, or a new
+    one (a cold start), within the account's and the function's limits."""
 
-    def __init__(self, *, concurrency: int, idle_timeout: float, reap_interval: float):
-        self.concurrency = concurrency
-        self.idle_timeout = idle_timeout
-        self.reap_interval = reap_interval
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.reserved: dict[str, int] = {}
         self._pools: dict[PoolKey, _Pool] = {}
-        self._running = 0
+        self._meta: dict[Instance, _Meta] = {}
+        self._running: Counter[str] = Counter()
+        self._running_unreserved = 0
+        self._memory_mb = 0
+        self._buckets: dict[str, _Bucket] = {}
         self._retired: set[Instance] = set()
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
 
+    # -- what the rest of the server reads ----------------------------------------------------------
+
     @property
     def running(self) -> int:
-        return self._running
+        return sum(self._running.values())
+
+    def running_for(self, name: str) -> int:
+        return self._running[name]
+
+    @property
+    def memory_in_use_mb(self) -> int:
+        return self._memory_mb
+
+    def unreserved_limit(self) -> int:
+        return self.limits.concurrency - sum(self.reserved.values())
 
     def instance_count(self, name: str | None = None) -> int:
-        return sum(
-            len(p.idle) + len(p.busy) for key, p in self._pools.items() if name is None or key[0] == name
-        )
+        return sum(1 for m in self._meta.values() if name is None or m.key[0] == name)
 
-    async def acquire(self, key: PoolKey, spec: InstanceSpec, env: dict[str, str]) -> tuple[Instance, bool]:
-        """An instance for `key` and whether it was started for this call (cold)."""
+    def provisioned_count(self, name: str, qualifier: str) -> int:
+        """Provisioned instances alive for a function's qualifier, idle or busy."""
+        return sum(1 for i, m in self._meta.items()
+                   if m.key[0] == name and m.provisioned_for == qualifier and i.alive)
+
+    def provisioned_busy(self, name: str, qualifier: str) -> int:
+        return sum(1 for key, pool in self._pools.items() if key[0] == name
+                   for i in pool.busy if self._meta[i].provisioned_for == qualifier)
+
+    # -- admission ----------------------------------------------------------------------------------
+
+    def _admit(self, name: str) -> None:
         if self._closing:
             raise Throttled("ServerShuttingDown")
-        if self._running >= self.concurrency:
+        reserved = self.reserved.get(name)
+        if reserved is not None:
+            if self._running[name] >= reserved:
+                raise Throttled("ReservedFunctionConcurrentInvocationLimitExceeded")
+        elif self._running_unreserved >= self.unreserved_limit():
             raise Throttled("ConcurrentInvocationLimitExceeded")
-        self._running += 1
-        pool = self._pools.setdefault(key, _Pool())
-        while pool.idle:
-            instance = pool.idle.pop()
-            if instance.alive:
-                pool.busy.add(instance)
-                return instance, False
-            await instance.stop()
+        self._running[name] += 1
+        if reserved is None:
+            self._running_unreserved += 1
+
+    def _leave(self, name: str) -> None:
+        self._running[name] -= 1
+        if self._running[name] <= 0:
+            del self._running[name]
+        if name not in self.reserved:
+            self._running_unreserved -= 1
+
+    def _take_token(self, name: str) -> bool:
+        now = time.monotonic()
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = _Bucket(float(self.limits.scale_burst), now)
+        bucket.tokens = min(float(self.limits.scale_burst), bucket.tokens + (now - bucket.stamp) * self.limits.scale_rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    async def _make_room(self, name: str, memory_mb: int) -> None:
+        """Keep the memory budget: evict idle on-demand instances of other functions, least recently used
+        first. Raises Throttled when that is not enough."""
+        budget = self.limits.memory_budget_mb
+        if not budget or self._memory_mb + memory_mb <= budget:
+            return
+        candidates = sorted(
+            ((i, key) for key, pool in self._pools.items() if key[0] != name for i in pool.idle),
+            key=lambda item: item[0].last_used,
+        )
+        evicted = []
+        for instance, key in candidates:
+            if self._memory_mb + memory_mb <= budget:
+                break
+            self._pools[key].idle.remove(instance)
+            self._forget(instance)
+            evicted.append(instance)
+        if evicted:
+            log.info("memory budget: evicting %d idle instance(s) for %s", len(evicted), name)
+            await asyncio.gather(*(self._stop(i) for i in evicted))
+        if self._memory_mb + memory_mb > budget:
+            raise Throttled("ConcurrentInvocationLimitExceeded")
+
+    # -- instances ----------------------------------------------------------------------------------
+
+    def _expired(self, instance: Instance, now: float) -> bool:
+        return now - instance.started_at >= self.limits.max_lifetime or not instance.alive
+
+    async def _spawn(self, key: PoolKey, spec: InstanceSpec, env: dict[str, str], provisioned_for: str | None) -> Instance:
+        await self._make_room(key[0], spec.memory_mb)
         instance = RuntimeApiInstance(spec) if spec.protocol == "runtime-api" else Instance(spec)
-        pool.busy.add(instance)
+        self._meta[instance] = _Meta(key, spec.memory_mb, provisioned_for)
+        self._memory_mb += spec.memory_mb
         try:
             await instance.start(env, log_stream_name(key[1]))
         except BaseException:
-            pool.busy.discard(instance)
-            self._running -= 1
+            self._forget(instance)
             await asyncio.shield(instance.stop())
             raise
-        return instance, True
+        return instance
+
+    async def acquire(
+        self, key: PoolKey, spec: InstanceSpec, env: dict[str, str], qualifier: str | None = None
+    ) -> tuple[Instance, bool]:
+        """An instance for `key` and whether it was started for this call (a cold start)."""
+        name = key[0]
+        self._admit(name)
+        try:
+            pool = self._pools.setdefault(key, _Pool())
+            now = time.monotonic()
+            stale = []
+            found = None
+            for bucket in ([pool.provisioned.get(qualifier, [])] if qualifier else []) + [pool.idle]:
+                while bucket and found is None:
+                    candidate = bucket.pop()
+                    if self._meta[candidate].provisioned_for is None and self._expired(candidate, now):
+                        stale.append(candidate)
+                    elif candidate.alive:
+                        found = candidate
+                    else:
+                        stale.append(candidate)
+                if found:
+                    break
+            for instance in stale:
+                self._forget(instance)
+            if stale:
+                await asyncio.gather(*(self._stop(i) for i in stale))
+            if found is not None:
+                self._thaw(found)
+                pool.busy.add(found)
+                return found, False
+            if not self._take_token(name):
+                raise Throttled("FunctionInvocationRateLimitExceeded")
+            instance = await self._spawn(key, spec, env, None)
+            self._pools.setdefault(key, pool).busy.add(instance)
+            return instance, True
+        except BaseException:
+            self._leave(name)
+            raise
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
-        self._running -= 1
+        self._leave(key[0])
         pool = self._pools.get(key)
         if pool is not None:
             pool.busy.discard(instance)
-        if reusable and instance.alive and pool is not None and instance not in self._retired and not self._closing:
+        meta = self._meta.get(instance)
+        keep = (
+            reusable and meta is not None and pool is not None and not self._closing
+            and instance not in self._retired
+            and (meta.provisioned_for is not None or not self._expired(instance, time.monotonic()))
+        )
+        if keep:
+            assert meta is not None and pool is not None
             instance.last_used = time.monotonic()
-            pool.idle.append(instance)
+            self._freeze(instance)
+            if meta.provisioned_for is not None:
+                pool.provisioned.setdefault(meta.provisioned_for, []).append(instance)
+            else:
+                pool.idle.append(instance)
             return
         self._retired.discard(instance)
-        await instance.stop()
+        self._forget(instance)
+        await self._stop(instance)
+
+    async def provision(self, key: PoolKey, spec: InstanceSpec, env: dict[str, str], qualifier: str) -> Instance:
+        """Start one provisioned instance for a qualifier. Provisioned instances are never reaped."""
+        instance = await self._spawn(key, spec, env, qualifier)
+        instance.last_used = time.monotonic()
+        self._freeze(instance)
+        self._pools.setdefault(key, _Pool()).provisioned.setdefault(qualifier, []).append(instance)
+        return instance
+
+    async def unprovision(self, name: str, qualifier: str, keep: int = 0, key: PoolKey | None = None) -> None:
+        """Reduce a qualifier's provisioned instances to `keep` (only those of `key`, when given, survive)."""
+        stopping = []
+        for pool_key, pool in self._pools.items():
+            if pool_key[0] != name:
+                continue
+            idle = pool.provisioned.get(qualifier, [])
+            if key is not None and pool_key != key:
+                stopping.extend(idle)
+                idle.clear()
+                self._retired.update(i for i in pool.busy if self._meta[i].provisioned_for == qualifier)
+                continue
+            while len(idle) > keep:
+                stopping.append(idle.pop(0))
+        for instance in stopping:
+            self._forget(instance)
+        await asyncio.gather(*(self._stop(i) for i in stopping))
+
+    def _forget(self, instance: Instance) -> None:
+        meta = self._meta.pop(instance, None)
+        if meta is not None:
+            self._memory_mb -= meta.memory_mb
+
+    # Lambda freezes an execution environment between invocations; so do we, with SIGSTOP on its process
+    # group, so background threads of function code use no CPU while the instance is idle.
+    def _freeze(self, instance: Instance) -> None:
+        meta = self._meta.get(instance)
+        if not self.limits.freeze or meta is None or meta.frozen or instance.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(instance.proc.pid, signal.SIGSTOP)
+            meta.frozen = True
+
+    def _thaw(self, instance: Instance) -> None:
+        meta = self._meta.get(instance)
+        if instance.proc is None or (meta is not None and not meta.frozen):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(instance.proc.pid, signal.SIGCONT)
+        if meta is not None:
+            meta.frozen = False
+
+    async def _stop(self, instance: Instance, grace_s: float = 1.0) -> None:
+        if instance.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(instance.proc.pid, signal.SIGCONT)
+        await instance.stop(grace_s=grace_s)
 
     async def retire(self, name: str, version: str | None = None) -> None:
         """Stop a function's instances, or one version's (after an update or delete); busy ones stop
-        when released."""
+        when released. Provisioned instances are managed through `unprovision`."""
         stopping = []
         for key in [k for k in self._pools if k[0] == name and version in (None, k[1])]:
             pool = self._pools.pop(key)
             stopping.extend(pool.idle)
+            for idle in pool.provisioned.values():
+                stopping.extend(idle)
             self._retired.update(pool.busy)
-        await asyncio.gather(*(i.stop() for i in stopping))
+        for instance in stopping:
+            self._forget(instance)
+        await asyncio.gather(*(self._stop(i) for i in stopping))
+
+    # -- background work ----------------------------------------------------------------------------
 
     async def run_once(self, now: float | None = None) -> int:
-        """Stop instances idle longer than the keep-alive. Returns how many were stopped."""
+        """Stop on-demand instances idle longer than the keep-alive, or older than the maximum lifetime.
+        Returns how many were stopped."""
         now = time.monotonic() if now is None else now
         stale = []
         for key, pool in list(self._pools.items()):
-            keep = [i for i in pool.idle if now - i.last_used < self.idle_timeout and i.alive]
-            stale.extend(i for i in pool.idle if i not in keep)
+            keep = []
+            for instance in pool.idle:
+                fresh = now - instance.last_used < self.limits.idle_timeout and not self._expired(instance, now)
+                (keep if fresh else stale).append(instance)
             pool.idle = keep
-            if not pool.idle and not pool.busy:
+            if not pool.idle and not pool.busy and not any(pool.provisioned.values()):
                 del self._pools[key]
-        await asyncio.gather(*(i.stop() for i in stale))
+        for instance in stale:
+            self._forget(instance)
+        await asyncio.gather(*(self._stop(i) for i in stale))
         return len(stale)
 
     async def _reap_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.reap_interval)
+            await asyncio.sleep(self.limits.reap_interval)
             try:
                 await self.run_once()
             except Exception:  # the reaper must outlive one bad stop
@@ -140,8 +366,9 @@ class Pools:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         deadline = time.monotonic() + timeout
-        while self._running and time.monotonic() < deadline:
+        while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        everything = [i for p in self._pools.values() for i in (*p.idle, *p.busy)]
+        everything = list(self._meta)
         self._pools.clear()
-        await asyncio.gather(*(i.stop(grace_s=0.5) for i in everything), return_exceptions=True)
+        self._meta.clear()
+        await asyncio.gather(*(self._stop(i, grace_s=0.5) for i in everything), return_exceptions=True)
