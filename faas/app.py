@@ -9,27 +9,36 @@ from aiohttp import web
 
 import faas.api.aliases  # noqa: F401  (each module registers its operation handlers)
 import faas.api.concurrency  # noqa: F401
+import faas.api.event_invoke  # noqa: F401
 import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
 import faas.api.layers  # noqa: F401
 import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
+from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
 from faas.arn import Arns
 from faas.config import Config
+from faas.invoke.async_queue import AsyncQueue, AsyncSettings
+from faas.invoke.destinations import Destinations
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
 from faas.runtime.pool import Limits, Pools
 from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
+from faas.runtime.zygote import Zygotes
 from faas.services import SERVICES, Services
+from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
+
+# Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
+JSON_SERVICES: list[str] = []
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
@@ -44,6 +53,11 @@ def create_app(config: Config) -> web.Application:
         app[_DATABASE] = db
         yield
         await db.close()
+
+    async def zygotes(app: web.Application) -> AsyncIterator[None]:
+        # Closed after the pools: stopping an instance waits for its exit status, which its zygote reports.
+        async with Zygotes(enabled=config.runtime.spawner == "fork"):
+            yield
 
     async def pools(app: web.Application) -> AsyncIterator[None]:
         rt = config.runtime
@@ -78,14 +92,28 @@ def create_app(config: Config) -> web.Application:
         router = Router(config, arns, registry, code, pools, interpreters, sandbox)
         concurrency = ConcurrencySettings(db)
         provisioner = Provisioner(router, pools, concurrency, config.runtime.provision_interval)
-        app[SERVICES] = Services(
-            config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner
+        async_events = AsyncEvents(db)
+        destinations = Destinations(arns)
+        a = config.async_
+        async_queue = AsyncQueue(async_events, router, destinations, AsyncSettings(
+            retry_delays=tuple(a.retry_delays), throttle_backoff=a.throttle_backoff,
+            throttle_backoff_max=a.throttle_backoff_max, workers=a.workers, per_function=a.per_function,
+            age_scale=a.age_scale,
+        ))
+        svc = app[SERVICES] = Services(
+            config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
+            async_events, async_queue,
         )
+        destinations.services = svc
         provisioner.start()
+        await async_queue.begin()
+        async_queue.start()
         yield
+        await async_queue.close(config.server.shutdown_timeout)
         await provisioner.close()
 
-    app.cleanup_ctx.extend([database, pools, services])
+    app.cleanup_ctx.extend([database, zygotes, pools, services])
     add_server_routes(app)
+    JsonServices(JSON_SERVICES).add_routes(app)
     add_routes(app, load_service_model())
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -70,6 +70,10 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     sandbox: str = "none"
     # With the sandbox: false gives functions no network (custom runtimes keep loopback to their Runtime API).
     network: bool = True
+    # How Python workers start: "fork" them from a zygote, one per interpreter, that has the bootstrap imported
+    # (cold starts in milliseconds), or "exec" a fresh interpreter each time. Sandboxed, non-Python and custom
+    # runtime workers are always exec'd.
+    spawner: Literal["fork", "exec"] = "fork"
 
 
 def memory_total_mb() -> int:
@@ -83,11 +87,25 @@ def memory_total_mb() -> int:
     return 4096
 
 
+class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds before the 2nd and 3rd attempts of a failed asynchronous invocation (Lambda: about 1 and 2 min).
+    retry_delays: list[float] = msgspec.field(default_factory=lambda: [60.0, 120.0])
+    # After a throttle or a system error: the first retry delay, doubling up to the maximum.
+    throttle_backoff: float = 1.0
+    throttle_backoff_max: float = 300.0
+    # Events in flight at once, and how many of them one function may hold.
+    workers: int = 64
+    per_function: int = 16
+    # Multiplies MaximumEventAgeInSeconds (60-21600 s); tests set it below 1 to see events expire quickly.
+    age_scale: float = 1.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
+    async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
 
     @property
     def data_path(self) -> Path:

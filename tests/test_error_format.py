@@ -46,7 +46,7 @@ def cases(server, existing):
         server, "PUT", f"{fn}/{name}/configuration", json.dumps({"RevisionId": "stale"}).encode())
     yield "InvalidRequestContentException", 400, {"Type", "message"}, call(
         server, "POST", f"{fn}/{name}/invocations", b"{oops")
-    yield "RequestEntityTooLargeException", 413, {"Message"}, call(
+    yield "RequestTooLargeException", 413, {"Type", "message"}, call(
         server, "POST", f"{fn}/{name}/invocations", b'"' + b"x" * 6_400_000 + b'"')
     yield "UnknownOperationException", 404, {"Message"}, call(server, "GET", "/no/such/route")
     yield "AccessDeniedException", 403, {"Message"}, call(

@@ -274,10 +274,9 @@ def test_invalid_payloads(lam):
     with pytest.raises(lam.exceptions.InvalidRequestContentException):
         lam.invoke(FunctionName=name, Payload=b"\x99")
     too_big = b'"' + b"a" * (6 * 1024 * 1024) + b'"'
-    with pytest.raises(ClientError) as exc:
+    with pytest.raises(lam.exceptions.RequestTooLargeException) as exc:
         lam.invoke(FunctionName=name, Payload=too_big)
     assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
-    assert exc.value.response["Error"]["Code"] == "RequestEntityTooLargeException"
     assert exc.value.response["Error"]["Message"] == (
         "Request must be smaller than 6291456 bytes for the InvokeFunction operation")
 

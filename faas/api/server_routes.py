@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from aiohttp import web
 
@@ -25,6 +26,17 @@ async def code_download(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(svc.code.zip_path(digest), headers={"Content-Type": "application/zip"})
 
 
+async def async_stats(request: web.Request) -> web.Response:
+    """For operators: queued asynchronous events per function, the oldest one's age, and dropped events."""
+    svc = request.app[SERVICES]
+    now = time.time()
+    queues = await svc.async_events.depth()
+    for q in queues:
+        q["oldest_age_seconds"] = round(now - q.pop("oldest_enqueued_at"), 3)
+    return web.json_response({"queues": queues, "dropped": await svc.async_events.dropped()})
+
+
 def add_server_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
+    app.router.add_get("/_faas/async", async_stats)
     app.router.add_get("/_faas/code/{sha}.zip", code_download)

@@ -9,10 +9,12 @@ from aiohttp import web
 
 from faas.arn import Arns
 from faas.config import Config
+from faas.invoke.async_queue import AsyncQueue
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
 from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
+from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
@@ -33,6 +35,8 @@ class Services:
     layers: Layers
     concurrency: ConcurrencySettings
     provisioner: Provisioner
+    async_events: AsyncEvents
+    async_queue: AsyncQueue
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
