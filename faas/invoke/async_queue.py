@@ -199,4 +199,3 @@ class AsyncQueue:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        await self.store.close()

@@ -1,13 +1,10 @@
 """Asynchronous invocation events and event invoke configs, in SQLite.
 
-Inserts are group-committed: concurrent `add()` calls share one transaction, so the accept rate is bounded by
-SQLite's commit rate divided by the batch, not by one fsync per event.
+Writes are group-committed (`Database.write`): concurrent calls share one transaction, so the accept rate is
+not bounded by one fsync per event.
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
 
 import msgspec
 
@@ -50,36 +47,15 @@ def _config(row) -> EventInvokeConfig:
 class AsyncEvents:
     def __init__(self, db: Database):
         self.db = db
-        self._pending: list[tuple[tuple, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
 
     async def add(self, request_id: str, function_name: str, qualifier: str | None, payload: bytes,
                   now: float) -> None:
-        """Commit one event; returns once it is durable."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(((request_id, function_name, qualifier, payload, now, now), future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                async with self.db.transaction() as conn:
-                    await conn.executemany(
-                        "INSERT INTO async_events(request_id, function_name, qualifier, payload, enqueued_at, due_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        [row for row, _ in batch],
-                    )
-            except Exception as exc:  # every waiter learns its event was not accepted
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-            else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+        """Commit one event (group-committed with concurrent writes); returns once it is durable."""
+        await self.db.write((
+            "INSERT INTO async_events(request_id, function_name, qualifier, payload, enqueued_at, due_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (request_id, function_name, qualifier, payload, now, now),
+        ))
 
     async def recover(self) -> int:
         """Events that were running when the server stopped are due again (at-least-once)."""
@@ -109,21 +85,20 @@ class AsyncEvents:
         return row[0] if row and row[0] is not None else None
 
     async def reschedule(self, seq: int, due_at: float, attempts: int) -> None:
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE async_events SET running = 0, due_at = ?, attempts = ? WHERE seq = ?", (due_at, attempts, seq)
-            )
+        await self.db.write(
+            ("UPDATE async_events SET running = 0, due_at = ?, attempts = ? WHERE seq = ?", (due_at, attempts, seq))
+        )
 
     async def finish(self, seq: int, dropped: tuple[str, str] | None = None) -> None:
         """Remove a handled event; `dropped` = (function, reason) counts an event given up on."""
-        async with self.db.transaction() as conn:
-            await conn.execute("DELETE FROM async_events WHERE seq = ?", (seq,))
-            if dropped is not None:
-                await conn.execute(
-                    "INSERT INTO async_dropped(function_name, reason, count) VALUES (?, ?, 1)"
-                    " ON CONFLICT(function_name, reason) DO UPDATE SET count = count + 1",
-                    dropped,
-                )
+        statements: list[tuple[str, tuple]] = [("DELETE FROM async_events WHERE seq = ?", (seq,))]
+        if dropped is not None:
+            statements.append((
+                "INSERT INTO async_dropped(function_name, reason, count) VALUES (?, ?, 1)"
+                " ON CONFLICT(function_name, reason) DO UPDATE SET count = count + 1",
+                dropped,
+            ))
+        await self.db.write(*statements)
 
     async def depth(self) -> list[dict]:
         rows = await self.db.fetchall(
@@ -165,8 +140,3 @@ class AsyncEvents:
                 "DELETE FROM event_invoke_configs WHERE function_name = ? AND qualifier = ?", (function_name, qualifier)
             )
             return cur.rowcount > 0
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._flusher), 5)

@@ -46,6 +46,8 @@ class Database:
         self._synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._batch: list[tuple[list[tuple[str, tuple[Any, ...]]], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -95,6 +97,9 @@ class Database:
     async def close(self) -> None:
         if self._conn is None:
             return
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flusher), 10)
         conn, self._conn = self._conn, None
         async with self._lock:
             with contextlib.suppress(Exception):
@@ -113,6 +118,33 @@ class Database:
                 raise
             else:
                 await asyncio.shield(conn.execute("COMMIT"))
+
+    async def write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """Run statements in a transaction shared with other concurrent `write()` calls (group commit): many
+        small writes cost one commit, not one each. Returns once they are durable; each call's statements
+        apply together or not at all, but a failing call fails the whole batch it shared."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.append((list(statements), future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._batch:
+            batch, self._batch = self._batch, []
+            try:
+                async with self.transaction() as conn:
+                    for statements, _ in batch:
+                        for sql, params in statements:
+                            await conn.execute(sql, params)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
     # Reads outside a transaction take the lock too: on the shared connection they would otherwise see
     # another coroutine's uncommitted writes. Inside `transaction()`, read through the yielded connection.
