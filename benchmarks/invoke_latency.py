@@ -5,7 +5,13 @@ boto3, then times Invoke requests over one keep-alive HTTP connection (so the fi
 not boto3's request building). Cold = the first invoke of a freshly created function (a new worker process,
 its interpreter start and module import); warm = later invokes of the same function.
 
-    python benchmarks/invoke_latency.py [--cold 20] [--warm 2000] [--runtime python3.11]
+    python benchmarks/invoke_latency.py [--cold 20] [--warm 2000] [--runtime python3.11] [--spawner fork|exec]
+
+`--spawner` sets `FAAS_RUNTIME__SPAWNER` for the server: fork instances from a zygote (the default) or exec a
+fresh interpreter for each.
+
+The harness (`python -m benchmarks cold` / `warm`, see README.md) measures the same things and more; this
+script stays as the quick check behind the first rows of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from botocore.config import Config
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
 
 
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(data_dir: str, spawner: str | None = None) -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ)
+    if spawner:
+        env["FAAS_RUNTIME__SPAWNER"] = f'"{spawner}"'
     proc = subprocess.Popen(
         [sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -52,10 +61,11 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=20, help="functions created, each invoked once cold")
     ap.add_argument("--warm", type=int, default=2000, help="sequential warm invokes")
     ap.add_argument("--runtime", default="python3.11")
+    ap.add_argument("--spawner", choices=("fork", "exec"), help="how the server starts Python workers")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as data_dir:
-        proc, url = start_server(data_dir)
+        proc, url = start_server(data_dir, args.spawner)
         try:
             lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
                                aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}))
@@ -91,7 +101,7 @@ def main() -> None:
             proc.wait(30)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"runtime {args.runtime}")
+          f"runtime {args.runtime}, spawner {args.spawner or 'default'}")
     print(f"cold first invoke (n={len(cold)}): p50 {statistics.median(cold):.1f} ms, "
           f"p90 {percentile(cold, 90):.1f} ms, min {min(cold):.1f} ms")
     print(f"warm invoke (n={len(warm)}, sequential, keep-alive): p50 {statistics.median(warm):.2f} ms, "

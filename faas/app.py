@@ -13,14 +13,17 @@ import faas.api.event_invoke  # noqa: F401
 import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
 import faas.api.layers  # noqa: F401
+import faas.api.mappings  # noqa: F401
 import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
+import faas.services.kinesis_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
 from faas.arn import Arns
 from faas.config import Config
+from faas.events.mappings import MappingManager, PollSettings
 from faas.invoke.async_queue import AsyncQueue, AsyncSettings
 from faas.invoke.destinations import Destinations
 from faas.invoke.provisioning import Provisioner
@@ -30,15 +33,17 @@ from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
 from faas.runtime.zygote import Zygotes
 from faas.services import SERVICES, Services
+from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.mappings import Mappings
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
-JSON_SERVICES: list[str] = []
+JSON_SERVICES: list[str] = ["kinesis"]
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
@@ -100,15 +105,24 @@ def create_app(config: Config) -> web.Application:
             throttle_backoff_max=a.throttle_backoff_max, workers=a.workers, per_function=a.per_function,
             age_scale=a.age_scale,
         ))
+        streams = Streams(db, arns, config.streams)
+        mappings = Mappings(db)
+        m = config.mappings
+        mapping_manager = MappingManager(mappings, PollSettings(m.idle_poll, m.retry_delay, m.scale_interval))
         svc = app[SERVICES] = Services(
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
-            async_events, async_queue,
+            async_events, async_queue, mappings, mapping_manager, streams,
         )
         destinations.services = svc
+        mapping_manager.svc = svc
         provisioner.start()
         await async_queue.begin()
         async_queue.start()
+        streams.start()
+        await mapping_manager.begin()
         yield
+        await mapping_manager.close()
+        await streams.close(config.server.shutdown_timeout)
         await async_queue.close(config.server.shutdown_timeout)
         await provisioner.close()
 

@@ -100,12 +100,36 @@ class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True):
     age_scale: float = 1.0
 
 
+class MappingsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds a queue poller long-polls, or a stream poller waits, when there is nothing to read.
+    idle_poll: float = 1.0
+    # Before a failed stream batch is tried again (doubling up to 30 s).
+    retry_delay: float = 1.0
+    # How often queue pollers are added or removed with the backlog.
+    scale_interval: float = 1.0
+
+
+class StreamsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds a new stream stays CREATING before it turns ACTIVE (AWS takes about half a minute; 0: at once).
+    creating_delay: float = 0.0
+    # Seconds between passes that delete records older than their stream's retention period.
+    trim_interval: float = 60.0
+    # Seconds in one hour of RetentionPeriodHours; tests shorten it so records expire in seconds.
+    retention_hour_seconds: float = 3600.0
+    # Seconds a shard iterator stays valid (GetRecords then answers ExpiredIteratorException).
+    iterator_ttl: float = 300.0
+    # Shards all streams of the account may hold together (CreateStream beyond it: LimitExceededException).
+    shard_limit: int = 500
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
+    mappings: MappingsConfig = msgspec.field(default_factory=MappingsConfig)
+    streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
 
     @property
     def data_path(self) -> Path:

@@ -30,7 +30,9 @@ from faas.errors import (
 )
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
-ValidationHook = Callable[[dict[str, Any], list[str]], None]
+# Sees the input and the model's complaints; may raise the error AWS raises instead, or return True to accept
+# the input anyway (where faas deliberately extends the model).
+ValidationHook = Callable[[dict[str, Any], list[str]], "bool | None"]
 
 _handlers: dict[str, Handler] = {}
 _validation_hooks: dict[str, ValidationHook] = {}
@@ -124,9 +126,8 @@ def _dispatcher(route: _Route) -> Handler:
             errors = validate(op.input_shape, params)
             if errors:
                 hook = _validation_hooks.get(op.name)
-                if hook is not None:
-                    hook(params, errors)
-                raise ValidationException(validation_message(errors))
+                if hook is None or not hook(params, errors):
+                    raise ValidationException(validation_message(errors))
         request["operation"] = op.name
         return await handler(request, params)
 

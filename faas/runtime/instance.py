@@ -2,20 +2,25 @@
 
 The worker talks JSON lines over a socket pair; its stdout and stderr share one pipe, which is the function's
 log. After each request the worker writes a sentinel to that pipe, so the server knows which output belongs
-to which request even though the log and the frames travel on different channels.
+to which request even though the log and the frames travel on different channels. A Python worker is forked
+by a zygote (`zygote.py`) when the server has zygotes and they accept the instance; every other worker is
+exec'd.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
+import logging
 import math
 import os
 import shutil
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -28,6 +33,10 @@ from faas.runtime.protocol import (
     encode_invoke,
     worker_frame_decoder,
 )
+from faas.runtime.zygote import ProcessHandle, Zygotes, ZygoteUnavailable
+from faas.runtime.zygote import installed as installed_zygotes
+
+log = logging.getLogger(__name__)
 
 _LOG_CHUNK = 65536
 _ids = itertools.count(1)
@@ -157,11 +166,13 @@ class _LogCollector:
 class Instance:
     """A worker process. `start()` runs init; `invoke()` runs one request; `stop()` ends it."""
 
-    def __init__(self, spec: InstanceSpec):
+    def __init__(self, spec: InstanceSpec, spawner: Zygotes | None = None):
         self.spec = spec
+        # Forks Python workers; None: the server's installed zygotes, if any (else every worker is exec'd).
+        self.spawner = spawner
         self.id = f"{os.getpid()}-{next(_ids)}"
         self.log_stream = ""
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: ProcessHandle | None = None
         self.init_ms = 0.0
         self.invocations = 0
         self.last_used = time.monotonic()
@@ -184,26 +195,21 @@ class Instance:
         tmp = Path("/tmp") if spec.sandboxed else self._tmp / "tmp"
         if not spec.sandboxed:
             tmp.mkdir(parents=True, exist_ok=True)
-        server_sock, worker_sock = socket.socketpair()
-        log_r, log_w = os.pipe()
         started = time.perf_counter()
-        try:
-            full_env = dict(env)
-            fd = str(worker_sock.fileno())
-            full_env.update(TMPDIR=str(tmp), AWS_LAMBDA_LOG_STREAM_NAME=log_stream, _FAAS_FD_IN=fd, _FAAS_FD_OUT=fd)
-            self.proc = await asyncio.create_subprocess_exec(
-                *spec.command,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
-                pass_fds=(worker_sock.fileno(),), cwd=spec.code_dir, env=full_env,
-                start_new_session=True,
-            )
-        except BaseException:
-            server_sock.close()
-            os.close(log_r)
-            raise
-        finally:
-            worker_sock.close()
-            os.close(log_w)
+        full_env = dict(env)
+        full_env.update(TMPDIR=str(tmp), AWS_LAMBDA_LOG_STREAM_NAME=log_stream)
+        zygotes = self.spawner if self.spawner is not None else installed_zygotes()
+        launched = None
+        if zygotes is not None and zygotes.accepts(spec.command, full_env, protocol=spec.protocol,
+                                                   sandboxed=spec.sandboxed):
+            try:
+                launched = await self._launch(functools.partial(self._fork, zygotes, full_env))
+            except ZygoteUnavailable as exc:
+                # Exec'd on a fresh channel: a child forked just before its zygote failed may hold the first.
+                log.debug("exec'ing an instance of %s: %s", spec.function_name, exc)
+        if launched is None:
+            launched = await self._launch(functools.partial(self._exec, full_env))
+        server_sock, log_r = launched
         loop = asyncio.get_running_loop()
         log_reader = asyncio.StreamReader(limit=_LOG_CHUNK * 4)
         await loop.connect_read_pipe(
@@ -240,6 +246,40 @@ class Instance:
             {"errorType": "Runtime.ExitError",
              "errorMessage": f"RequestId: {{id}} Error: Runtime exited with error: {self._exit_reason()}"},
             self._logs.take(), init_ms,
+        )
+
+    async def _launch(
+        self, create: Callable[[socket.socket, int], Awaitable[ProcessHandle]]
+    ) -> tuple[socket.socket, int]:
+        """Start the worker on a new frame channel and log pipe; our ends of both."""
+        server_sock, worker_sock = socket.socketpair()
+        log_r, log_w = os.pipe()
+        try:
+            self.proc = await create(worker_sock, log_w)
+        except BaseException:
+            server_sock.close()
+            os.close(log_r)
+            raise
+        finally:
+            worker_sock.close()
+            os.close(log_w)
+        return server_sock, log_r
+
+    async def _fork(self, zygotes: Zygotes, env: dict[str, str], worker_sock: socket.socket, log_w: int
+                    ) -> ProcessHandle:
+        spec = self.spec
+        return await zygotes.spawn(
+            spec.command[0], spec.command, {**env, "_FAAS_FD_IN": "3", "_FAAS_FD_OUT": "3"}, spec.code_dir,
+            {1: log_w, 2: log_w, 3: worker_sock.fileno()},
+        )
+
+    async def _exec(self, env: dict[str, str], worker_sock: socket.socket, log_w: int) -> ProcessHandle:
+        fd = str(worker_sock.fileno())
+        return await asyncio.create_subprocess_exec(
+            *self.spec.command,
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
+            pass_fds=(worker_sock.fileno(),), cwd=self.spec.code_dir, start_new_session=True,
+            env={**env, "_FAAS_FD_IN": fd, "_FAAS_FD_OUT": fd},
         )
 
     def _exit_reason(self) -> str:

@@ -9,15 +9,18 @@ from aiohttp import web
 
 from faas.arn import Arns
 from faas.config import Config
+from faas.events.mappings import MappingManager
 from faas.invoke.async_queue import AsyncQueue
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
 from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
+from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.mappings import Mappings
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
@@ -37,6 +40,9 @@ class Services:
     provisioner: Provisioner
     async_events: AsyncEvents
     async_queue: AsyncQueue
+    mappings: Mappings
+    mapping_manager: MappingManager
+    streams: Streams
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -1,0 +1,1 @@
+"""Events: EventBridge patterns (`patterns`), reused by event source mapping filters."""
