@@ -33,6 +33,7 @@ from faas.runtime.protocol import (
     encode_invoke,
     worker_frame_decoder,
 )
+from faas.runtime.spawner import DIE_WITH_PARENT
 from faas.runtime.zygote import ProcessHandle, Zygotes, ZygoteUnavailable
 from faas.runtime.zygote import installed as installed_zygotes
 
@@ -276,7 +277,7 @@ class Instance:
     async def _exec(self, env: dict[str, str], worker_sock: socket.socket, log_w: int) -> ProcessHandle:
         fd = str(worker_sock.fileno())
         return await asyncio.create_subprocess_exec(
-            *self.spec.command,
+            *DIE_WITH_PARENT, *self.spec.command,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
             pass_fds=(worker_sock.fileno(),), cwd=self.spec.code_dir, start_new_session=True,
             env={**env, "_FAAS_FD_IN": fd, "_FAAS_FD_OUT": fd},

@@ -40,6 +40,7 @@ from faas.runtime.instance import (
     _peak_rss_mb,
 )
 from faas.runtime.protocol import InvokeFrame, single_line
+from faas.runtime.spawner import DIE_WITH_PARENT
 
 API_VERSION = "2018-06-01"
 _PREFIX = f"/{API_VERSION}/runtime"
@@ -169,7 +170,7 @@ class RuntimeApiInstance:
             )
             self._spawned = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
-                *spec.command,
+                *DIE_WITH_PARENT, *spec.command,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
                 cwd=spec.code_dir, env=full_env, start_new_session=True,
             )
@@ -237,7 +238,12 @@ class RuntimeApiInstance:
             candidates = list(spec.command[:1])
         for path in candidates:
             if os.path.isfile(path):
-                return None if os.access(path, os.X_OK) else f"fork/exec {path}: permission denied"
+                if not os.access(path, os.X_OK):
+                    return f"fork/exec {path}: permission denied"
+                # The exec happens behind a wrapper (setpriv), so check what the kernel would refuse here.
+                with open(path, "rb") as fh:
+                    magic = fh.read(4)
+                return None if magic[:2] == b"#!" or magic == b"\x7fELF" else f"fork/exec {path}: exec format error"
         listed = dict.fromkeys(p for p in (*candidates, code_bootstrap, opt_bootstrap) if p)
         return f"Couldn't find valid bootstrap(s): [{' '.join(listed)}]"
 

@@ -27,6 +27,16 @@ RESERVED_ENV = frozenset(
 )
 
 
+def _die_with_parent() -> tuple[str, ...]:
+    """A prefix that makes an exec'd worker die with the server (PR_SET_PDEATHSIG): a worker frozen between
+    invocations cannot notice its channel closing, so without it a killed server would leave it behind."""
+    setpriv = shutil.which("setpriv")
+    return (setpriv, "--pdeathsig", "KILL", "--") if setpriv else ()
+
+
+DIE_WITH_PARENT = _die_with_parent()
+
+
 class Interpreter(msgspec.Struct, frozen=True):
     """A resolved program for a runtime: the real executable (shims resolved) and its version.
     Custom runtimes (provided.*) have none: the package's own `bootstrap` is the program."""
