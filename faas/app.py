@@ -16,6 +16,8 @@ import faas.api.layers  # noqa: F401
 import faas.api.mappings  # noqa: F401
 import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
+import faas.services.autoscaling_api  # noqa: F401
+import faas.services.eventbridge_api  # noqa: F401
 import faas.services.kinesis_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
@@ -33,9 +35,13 @@ from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
 from faas.runtime.zygote import Zygotes
 from faas.services import SERVICES, Services
+from faas.services.autoscaling import Autoscaler
+from faas.services.bus import EventBus
 from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
+from faas.store.autoscaling import AutoscalingStore
 from faas.store.code import CodeStore
+from faas.store.events import EventStore
 from faas.store.db import Database
 from faas.store.layers import Layers
 from faas.store.mappings import Mappings
@@ -43,7 +49,7 @@ from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
-JSON_SERVICES: list[str] = ["kinesis"]
+JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events"]
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
@@ -109,20 +115,33 @@ def create_app(config: Config) -> web.Application:
         mappings = Mappings(db)
         m = config.mappings
         mapping_manager = MappingManager(mappings, PollSettings(m.idle_poll, m.retry_delay, m.scale_interval))
+        scaling = config.autoscaling
+        autoscaler = Autoscaler(
+            AutoscalingStore(db), registry, concurrency, provisioner, pools,
+            minimum_unreserved=config.account.minimum_unreserved, interval=scaling.interval,
+            sample_interval=scaling.sample_interval, window=scaling.window,
+        )
+        events = EventBus(EventStore(db), arns, config.events)
         svc = app[SERVICES] = Services(
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
-            async_events, async_queue, mappings, mapping_manager, streams,
+            async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events,
         )
+        events.attach(svc)
         destinations.services = svc
         mapping_manager.svc = svc
         provisioner.start()
         await async_queue.begin()
         async_queue.start()
+        await events.begin()
+        events.start()
         streams.start()
         await mapping_manager.begin()
+        autoscaler.start()
         yield
+        await autoscaler.close(config.server.shutdown_timeout)
         await mapping_manager.close()
         await streams.close(config.server.shutdown_timeout)
+        await events.close(config.server.shutdown_timeout)
         await async_queue.close(config.server.shutdown_timeout)
         await provisioner.close()
 

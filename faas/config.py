@@ -122,6 +122,31 @@ class StreamsConfig(msgspec.Struct, forbid_unknown_fields=True):
     shard_limit: int = 500
 
 
+class AutoscalingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds between passes that apply scaling policies and scheduled actions (AWS works on 1-minute metrics).
+    interval: float = 60.0
+    # Seconds between samples of provisioned concurrency utilization (busy / allocated provisioned instances).
+    sample_interval: float = 1.0
+    # Seconds of samples a target tracking decision averages; a decision waits for a full window after a change.
+    window: float = 60.0
+
+
+class EventsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Real seconds in one schedule minute: rate() and cron() schedules run on a clock 60/minute_seconds times as
+    # fast as real time. Tests shorten it (0.5 fires a rate(1 minute) rule every half second).
+    minute_seconds: float = 60.0
+    # Longest the scheduler sleeps between passes; it also wakes at each rule's next tick and on rule changes.
+    schedule_tick: float = 60.0
+    # A failed delivery to a target is retried after retry_delay seconds, doubling up to retry_delay_max.
+    retry_delay: float = 1.0
+    retry_delay_max: float = 300.0
+    # Deliveries handed to targets at once, and how many one pass of the outbox takes.
+    delivery_workers: int = 32
+    delivery_batch: int = 256
+    # false leaves accepted deliveries in the outbox (SQLite) until a server with dispatch on starts.
+    dispatch: bool = True
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -130,6 +155,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     mappings: MappingsConfig = msgspec.field(default_factory=MappingsConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
+    autoscaling: AutoscalingConfig = msgspec.field(default_factory=AutoscalingConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
 
     @property
     def data_path(self) -> Path:

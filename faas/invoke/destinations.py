@@ -96,11 +96,15 @@ class Destinations:
             await svc.topics.publish_by_arn(target, body.decode())
         elif service == "events":
             event = outcome.event
-            await svc.bus.put_event(
-                target, source="lambda",
-                detail_type=f"Lambda Function Invocation Result - {'Success' if success else 'Failure'}",
-                detail=record, resources=[target, self.arns.function(event.function_name, event.qualifier or LATEST)],
-            )
+            results = await svc.events.put_events([{
+                "Source": "lambda",
+                "DetailType": f"Lambda Function Invocation Result - {'Success' if success else 'Failure'}",
+                "Detail": body.decode(),
+                "Resources": [target, self.arns.function(event.function_name, event.qualifier or LATEST)],
+                "EventBusName": target,
+            }])
+            if results and "ErrorCode" in results[0]:
+                raise ValueError(f"event bus {target}: {results[0]['ErrorCode']} {results[0].get('ErrorMessage')}")
         elif service == "lambda":
             ref = self.arns.parse(target)
             await svc.async_queue.enqueue(ref.name, ref.qualifier, body)

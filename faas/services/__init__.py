@@ -15,6 +15,8 @@ from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
 from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
+from faas.services.autoscaling import Autoscaler
+from faas.services.bus import EventBus
 from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
@@ -43,6 +45,8 @@ class Services:
     mappings: Mappings
     mapping_manager: MappingManager
     streams: Streams
+    autoscaler: Autoscaler
+    events: EventBus
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
