@@ -19,6 +19,7 @@ import faas.api.versions  # noqa: F401
 import faas.services.autoscaling_api  # noqa: F401
 import faas.services.eventbridge_api  # noqa: F401
 import faas.services.kinesis_api  # noqa: F401
+import faas.services.sqs_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
 from faas.api.model import add_routes, load_service_model
@@ -37,6 +38,7 @@ from faas.runtime.zygote import Zygotes
 from faas.services import SERVICES, Services
 from faas.services.autoscaling import Autoscaler
 from faas.services.bus import EventBus
+from faas.services.queues import Queues
 from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
 from faas.store.autoscaling import AutoscalingStore
@@ -49,7 +51,7 @@ from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
-JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events"]
+JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs"]
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
@@ -112,6 +114,8 @@ def create_app(config: Config) -> web.Application:
             age_scale=a.age_scale,
         ))
         streams = Streams(db, arns, config.streams)
+        queues = Queues(db, arns, config.queues)
+        await queues.open()
         mappings = Mappings(db)
         m = config.mappings
         mapping_manager = MappingManager(mappings, PollSettings(m.idle_poll, m.retry_delay, m.scale_interval))
@@ -124,7 +128,7 @@ def create_app(config: Config) -> web.Application:
         events = EventBus(EventStore(db), arns, config.events)
         svc = app[SERVICES] = Services(
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
-            async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events,
+            async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events, queues,
         )
         events.attach(svc)
         destinations.services = svc
@@ -135,6 +139,7 @@ def create_app(config: Config) -> web.Application:
         await events.begin()
         events.start()
         streams.start()
+        queues.start()
         await mapping_manager.begin()
         autoscaler.start()
         yield
@@ -144,7 +149,14 @@ def create_app(config: Config) -> web.Application:
         await events.close(config.server.shutdown_timeout)
         await async_queue.close(config.server.shutdown_timeout)
         await provisioner.close()
+        await queues.close()
 
+    async def end_long_polls(app: web.Application) -> None:
+        # Before the server waits for requests in progress: a ReceiveMessage may be waiting up to 20 s.
+        if SERVICES in app:
+            app[SERVICES].queues.stop_waiting()
+
+    app.on_shutdown.append(end_long_polls)
     app.cleanup_ctx.extend([database, zygotes, pools, services])
     add_server_routes(app)
     JsonServices(JSON_SERVICES).add_routes(app)

@@ -147,6 +147,18 @@ class EventsConfig(msgspec.Struct, forbid_unknown_fields=True):
     dispatch: bool = True
 
 
+class QueuesConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Seconds between passes that delete queue messages past their retention period and expired FIFO
+    # deduplication ids (receives never return expired messages, swept or not).
+    sweep_interval: float = 60.0
+    # The smallest MessageRetentionPeriod a queue accepts (SQS: 60 seconds).
+    min_retention_period: int = 60
+    # FIFO queues drop a message whose deduplication id was seen this many seconds before (SQS: 5 minutes).
+    deduplication_window: float = 300.0
+    # Seconds after a PurgeQueue before the same queue accepts another (SQS: 60).
+    purge_interval: float = 60.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -157,6 +169,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     autoscaling: AutoscalingConfig = msgspec.field(default_factory=AutoscalingConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
+    queues: QueuesConfig = msgspec.field(default_factory=QueuesConfig)
 
     @property
     def data_path(self) -> Path:

@@ -21,8 +21,10 @@ from faas.api.validation import validate
 from faas.errors import LambdaError, validation_message
 
 JsonHandler = Callable[[web.Request, dict[str, Any]], Awaitable[Any]]
+ValidationHook = Callable[[dict[str, Any], list[str]], list[str]]
 
 _handlers: dict[tuple[str, str], JsonHandler] = {}
+_validation_hooks: dict[tuple[str, str], ValidationHook] = {}
 _encoder = msgspec.json.Encoder()
 
 
@@ -35,9 +37,16 @@ class JsonServiceError(LambdaError):
         self.status = status
 
 
-def json_operation(service: str, name: str) -> Callable[[JsonHandler], JsonHandler]:
+def json_operation(service: str, name: str, *,
+                   on_invalid: ValidationHook | None = None) -> Callable[[JsonHandler], JsonHandler]:
+    """Register a handler. When the input breaks the model's constraints, `on_invalid` (given the input and the
+    validation messages) may raise the service's own error instead of ValidationException, or return the
+    messages that still apply: fewer where the service accepts more than its model says."""
+
     def register(fn: JsonHandler) -> JsonHandler:
         _handlers[(service, name)] = fn
+        if on_invalid is not None:
+            _validation_hooks[(service, name)] = on_invalid
         return fn
 
     return register
@@ -81,7 +90,11 @@ class JsonServices:
             if op.input_shape is not None:
                 errors = validate(op.input_shape, params)
                 if errors:
-                    raise JsonServiceError("ValidationException", validation_message(errors))
+                    hook = _validation_hooks.get((service, op_name))
+                    if hook is not None:
+                        errors = hook(params, errors)
+                    if errors:
+                        raise JsonServiceError("ValidationException", validation_message(errors))
             result = await handler(request, params)
         except LambdaError as err:
             return self._error(err, content_type)
@@ -90,9 +103,16 @@ class JsonServices:
 
     @staticmethod
     def _error(err: LambdaError, content_type: str) -> web.Response:
-        body = {"__type": err.code, "message": err.message}
+        # Services that moved from the Query protocol (SQS) name the exception shape in `__type` and keep their
+        # old error code in `x-amzn-query-error`; botocore reports that code and raises the shape's exception.
+        wire_type = getattr(err, "wire_type", None) or err.code
+        headers = {"x-amzn-ErrorType": wire_type}
+        query_error = getattr(err, "query_error", None)
+        if query_error:
+            headers["x-amzn-query-error"] = query_error
+        body = {"__type": wire_type, "message": err.message}
         return web.Response(body=_encoder.encode(body), status=err.status, content_type=content_type.split(";")[0],
-                            headers={"x-amzn-ErrorType": err.code})
+                            headers=headers)
 
 
 def _from_json(shape: Shape, value: Any) -> Any:

@@ -17,6 +17,7 @@ from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
 from faas.services.autoscaling import Autoscaler
 from faas.services.bus import EventBus
+from faas.services.queues import Queues
 from faas.services.streams import Streams
 from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
@@ -47,6 +48,7 @@ class Services:
     streams: Streams
     autoscaler: Autoscaler
     events: EventBus
+    queues: Queues
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
