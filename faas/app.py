@@ -31,6 +31,7 @@ from faas.invoke.async_queue import AsyncQueue, AsyncSettings
 from faas.invoke.destinations import Destinations
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
+from faas.runtime.cgroups import MemoryCgroups
 from faas.runtime.pool import Limits, Pools
 from faas.runtime.sandbox import detect as detect_sandbox
 from faas.runtime.spawner import Interpreters
@@ -84,6 +85,7 @@ def create_app(config: Config) -> web.Application:
             scale_burst=rt.scale_burst,
             scale_rate=rt.scale_rate,
             freeze=rt.freeze,
+            cgroups=await asyncio.to_thread(MemoryCgroups.detect) if rt.memory_limits else None,
         ))
         pools.reserved = await ConcurrencySettings(app[_DATABASE]).reserved()
         pools.start()

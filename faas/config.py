@@ -65,6 +65,9 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     python_fallback: bool = True
     # Seconds a worker may take to start and run its module-level code before the invocation fails.
     init_timeout: float = 10.0
+    # Enforce MemorySize with a memory cgroup per instance (v2 or v1, where this process may create them); a
+    # function that exceeds it is killed and reported as Runtime.OutOfMemory.
+    memory_limits: bool = True
     # "none", or "bwrap": each instance in its own namespaces (bubblewrap), code read-only at /var/task,
     # layers at /opt, a private /tmp sized by EphemeralStorage, no view of the data dir.
     sandbox: str = "none"

@@ -243,3 +243,27 @@ def test_scale_up_rate(own_server, tmp_path):
         for r in running:
             r.result(timeout=30)
     assert call(lam, name)[0]["pid"] > 0, "warm instances need no new capacity"
+
+
+def test_memory_limit_kills_and_replaces_instance(lam):
+    code = """
+import os
+def handler(event, context):
+    if event.get("grow"):
+        hog = bytearray(300 * 1024 * 1024)
+        hog[::4096] = b"x" * len(hog[::4096])
+    return os.getpid()
+"""
+    name, _ = create_function(lam, code, MemorySize=128)
+    pid = call(lam, name)[0]
+    resp = lam.invoke(FunctionName=name, Payload=json.dumps({"grow": True}).encode(), LogType="Tail")
+    body = json.loads(resp["Payload"].read())
+    if body == pid:
+        pytest.skip("memory cgroups are not available on this machine")
+    assert resp["FunctionError"] == "Unhandled"
+    assert body == {
+        "errorType": "Runtime.OutOfMemory",
+        "errorMessage": f"RequestId: {resp['ResponseMetadata']['RequestId']} Error: Runtime exited with error: "
+                        "signal: killed",
+    }
+    assert call(lam, name)[0] != pid, "a new instance replaced the killed one"

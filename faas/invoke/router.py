@@ -128,6 +128,12 @@ class Router:
         outcome: Outcome | None = None
         try:
             outcome = await instance.invoke(frame, float(cfg.timeout))
+            if outcome.error_type == "Runtime.ExitError" and self.pools.out_of_memory(instance):
+                outcome.error_type = "Runtime.OutOfMemory"
+                outcome.payload = msgspec.json.encode({
+                    "errorType": "Runtime.OutOfMemory",
+                    "errorMessage": f"RequestId: {req.request_id} Error: Runtime exited with error: signal: killed",
+                })
         finally:
             await self.pools.release(key, instance, outcome is not None and outcome.reusable)
         payload, error_type = outcome.payload, outcome.error_type

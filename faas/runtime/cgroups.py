@@ -29,6 +29,7 @@ class MemoryCgroups:
         if (root / "memory" / "memory.limit_in_bytes").exists():
             candidates.append((root / "memory" / name, 1))
         for parent, version in candidates:
+            cls._sweep(parent.parent)
             try:
                 parent.mkdir(exist_ok=True)
                 probe = cls(parent, version)
@@ -41,6 +42,21 @@ class MemoryCgroups:
                     parent.rmdir()
         log.warning("memory cgroups are not available here: MemorySize is not enforced")
         return None
+
+    @staticmethod
+    def _sweep(root: Path) -> None:
+        """Remove the cgroups of faas servers that died without closing theirs (a SIGKILL)."""
+        with contextlib.suppress(OSError):
+            for stale in root.glob("faas-*"):
+                pid = stale.name.removeprefix("faas-")
+                if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+                    continue
+                for child in stale.glob("*"):
+                    if child.is_dir():
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+                with contextlib.suppress(OSError):
+                    stale.rmdir()
 
     @staticmethod
     def _v2_parent(root: Path) -> Path:

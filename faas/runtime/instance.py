@@ -169,6 +169,8 @@ class Instance:
 
     def __init__(self, spec: InstanceSpec, spawner: Zygotes | None = None):
         self.spec = spec
+        # Called with the worker's pid as soon as it exists, before the function's code runs (memory cgroups).
+        self.on_spawn: Callable[[int], None] | None = None
         # Forks Python workers; None: the server's installed zygotes, if any (else every worker is exec'd).
         self.spawner = spawner
         self.id = f"{os.getpid()}-{next(_ids)}"
@@ -257,6 +259,8 @@ class Instance:
         log_r, log_w = os.pipe()
         try:
             self.proc = await create(worker_sock, log_w)
+            if self.on_spawn is not None:
+                self.on_spawn(self.proc.pid)
         except BaseException:
             server_sock.close()
             os.close(log_r)

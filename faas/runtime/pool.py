@@ -13,7 +13,9 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
+from faas.runtime.cgroups import MemoryCgroups
 from faas.runtime.instance import Instance, InstanceSpec
 from faas.runtime.runtime_api import RuntimeApiInstance
 
@@ -42,6 +44,7 @@ class _Meta:
     memory_mb: int
     provisioned_for: str | None = None  # the qualifier whose provisioned concurrency this instance serves
     frozen: bool = False
+    cgroup: Path | None = None  # its memory cgroup, where MemorySize is enforced
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Limits:
     scale_burst: int = 1000  # instances a function may add at once
     scale_rate: float = 100.0  # ... and per second after that
     freeze: bool = True
+    cgroups: MemoryCgroups | None = None  # None: MemorySize is not enforced
 
 
 class Pools:
@@ -86,6 +90,7 @@ class Pools:
         self._memory_mb = 0
         self._buckets: dict[str, _Bucket] = {}
         self._retired: set[Instance] = set()
+        self._cgroups_to_remove: list[Path] = []
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -182,8 +187,15 @@ class Pools:
     async def _spawn(self, key: PoolKey, spec: InstanceSpec, env: dict[str, str], provisioned_for: str | None) -> Instance:
         await self._make_room(key[0], spec.memory_mb)
         instance = RuntimeApiInstance(spec) if spec.protocol == "runtime-api" else Instance(spec)
-        self._meta[instance] = _Meta(key, spec.memory_mb, provisioned_for)
+        meta = self._meta[instance] = _Meta(key, spec.memory_mb, provisioned_for)
         self._memory_mb += spec.memory_mb
+        cgroups = self.limits.cgroups
+        if cgroups is not None:
+            try:
+                path = meta.cgroup = cgroups.create(instance.id, spec.memory_mb * 1024 * 1024)
+                instance.on_spawn = lambda pid: cgroups.add(path, pid)
+            except OSError:
+                log.warning("could not create a memory cgroup for %s", key[0], exc_info=True)
         try:
             await instance.start(env, log_stream_name(key[1]))
         except BaseException:
@@ -281,10 +293,18 @@ class Pools:
             self._forget(instance)
         await asyncio.gather(*(self._stop(i) for i in stopping))
 
+    def out_of_memory(self, instance: Instance) -> bool:
+        """Whether the kernel killed the instance for exceeding its MemorySize."""
+        meta = self._meta.get(instance)
+        cgroups = self.limits.cgroups
+        return bool(cgroups and meta and meta.cgroup and cgroups.oom_killed(meta.cgroup))
+
     def _forget(self, instance: Instance) -> None:
         meta = self._meta.pop(instance, None)
         if meta is not None:
             self._memory_mb -= meta.memory_mb
+            if meta.cgroup is not None:
+                self._cgroups_to_remove.append(meta.cgroup)
 
     # Lambda freezes an execution environment between invocations; so do we, with SIGSTOP on its process
     # group, so background threads of function code use no CPU while the instance is idle.
@@ -310,6 +330,20 @@ class Pools:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(instance.proc.pid, signal.SIGCONT)
         await instance.stop(grace_s=grace_s)
+        self._remove_cgroups()
+
+    def _remove_cgroups(self) -> None:
+        cgroups = self.limits.cgroups
+        if cgroups is None:
+            self._cgroups_to_remove.clear()
+            return
+        # A cgroup can be removed once its processes are gone; keep the ones that are still busy for later.
+        left = []
+        for path in self._cgroups_to_remove:
+            cgroups.remove(path)
+            if path.exists():
+                left.append(path)
+        self._cgroups_to_remove = left
 
     async def retire(self, name: str, version: str | None = None) -> None:
         """Stop a function's instances, or one version's (after an update or delete); busy ones stop
@@ -372,3 +406,5 @@ class Pools:
         self._pools.clear()
         self._meta.clear()
         await asyncio.gather(*(self._stop(i, grace_s=0.5) for i in everything), return_exceptions=True)
+        if self.limits.cgroups is not None:
+            self.limits.cgroups.close()

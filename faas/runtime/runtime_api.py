@@ -23,6 +23,7 @@ import shutil
 import signal
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ class RuntimeApiInstance:
 
     def __init__(self, spec: InstanceSpec):
         self.spec = spec
+        self.on_spawn: Callable[[int], None] | None = None
         self.id = f"{os.getpid()}-{next(_ids)}"
         self.log_stream = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -174,6 +176,8 @@ class RuntimeApiInstance:
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
                 cwd=spec.code_dir, env=full_env, start_new_session=True,
             )
+            if self.on_spawn is not None:
+                self.on_spawn(self.proc.pid)
         except OSError as exc:
             # The kernel would not run it: no interpreter for its #!, a binary for another machine, ...
             os.close(log_r)
