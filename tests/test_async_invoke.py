@@ -250,3 +250,55 @@ def test_event_invoke_config_api(lam, tmp_path):
     assert lam.delete_function_event_invoke_config(FunctionName=name)["ResponseMetadata"]["HTTPStatusCode"] == 204
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.delete_function_event_invoke_config(FunctionName=name)
+
+
+def _queue(sqs) -> tuple[str, str]:
+    url = sqs.create_queue(QueueName=unique("dest"))["QueueUrl"]
+    return url, sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def _receive(sqs, url: str) -> dict:
+    return wait_for(lambda: sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1, MessageAttributeNames=["All"])
+                    .get("Messages"), timeout=30)[0]
+
+
+def test_queue_bus_destinations_and_dead_letter_queue(fast_server, tmp_path):
+    srv = fast_server()
+    lam, sqs, events = srv.client(), srv.client("sqs"), srv.client("events")
+    fail_url, fail_arn = _queue(sqs)
+    bus_target_url, bus_target_arn = _queue(sqs)
+    dlq_url, dlq_arn = _queue(sqs)
+    name, created = create_function(lam, RECORDER)
+    bus_arn = events.describe_event_bus(Name="default")["Arn"]
+    events.put_rule(Name="results", EventPattern=json.dumps({"source": ["lambda"]}))
+    events.put_targets(Rule="results", Targets=[{"Id": "q", "Arn": bus_target_arn}])
+    lam.put_function_event_invoke_config(
+        FunctionName=name, MaximumRetryAttempts=0,
+        DestinationConfig={"OnFailure": {"Destination": fail_arn}, "OnSuccess": {"Destination": bus_arn}},
+    )
+    log = tmp_path / "dest.jsonl"
+    failed_id = send(lam, name, {"log": str(log), "fail": True})
+    record = json.loads(_receive(sqs, fail_url)["Body"])
+    assert record["requestContext"] == {
+        "requestId": failed_id, "functionArn": f"{created['FunctionArn']}:$LATEST",
+        "condition": "RetriesExhausted", "approximateInvokeCount": 1,
+    }
+    assert record["responseContext"]["functionError"] == "Unhandled"
+
+    ok_id = send(lam, name, {"log": str(log), "n": 5})
+    event = json.loads(_receive(sqs, bus_target_url)["Body"])
+    assert event["source"] == "lambda"
+    assert event["detail-type"] == "Lambda Function Invocation Result - Success"
+    assert event["resources"] == [bus_arn, f"{created['FunctionArn']}:$LATEST"]
+    assert event["detail"]["requestContext"]["requestId"] == ok_id
+    assert event["detail"]["responsePayload"] == {"ok": 5}
+
+    dead, _ = create_function(lam, RECORDER, DeadLetterConfig={"TargetArn": dlq_arn})
+    lam.put_function_event_invoke_config(FunctionName=dead, MaximumRetryAttempts=0)
+    dead_id = send(lam, dead, {"log": str(log), "fail": True, "n": 9})
+    message = _receive(sqs, dlq_url)
+    assert json.loads(message["Body"]) == {"log": str(log), "fail": True, "n": 9}
+    attrs = message["MessageAttributes"]
+    assert attrs["RequestID"] == {"StringValue": dead_id, "DataType": "String"}
+    assert attrs["ErrorCode"] == {"StringValue": "200", "DataType": "Number"}
+    assert attrs["ErrorMessage"] == {"StringValue": "failed on purpose", "DataType": "String"}
