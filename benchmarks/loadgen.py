@@ -1,0 +1,357 @@
+"""The load generator: a separate process that runs jobs sent to it, one JSON line each, and answers one
+JSON line per job.
+
+The harness holds a `LoadGenerator` (this module, parent side); the process runs `python -m
+benchmarks.loadgen` (child side): asyncio on uvloop, one aiohttp `ClientSession` per job with keep-alive
+connections. Every result carries the generator's own CPU time over the measured window, so a report can
+show whether the generator, rather than the server, was the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Request(msgspec.Struct):
+    path: str
+    body: bytes = b""
+    headers: dict[str, str] = {}
+
+
+class Closed(msgspec.Struct, tag="closed"):
+    """`concurrency` workers, each sending its next request when the previous one is answered. Requests
+    sent during `warmup` seconds are not counted."""
+
+    url: str
+    body: bytes
+    concurrency: int
+    duration: float
+    warmup: float = 0.5
+    timeout: float = 30.0
+
+
+class Open(msgspec.Struct, tag="open"):
+    """Requests scheduled at `rate` per second regardless of answers; latency counts from the scheduled
+    time. A request due while `max_inflight` are outstanding is dropped (not sent)."""
+
+    url: str
+    body: bytes
+    rate: float
+    duration: float
+    max_inflight: int = 256
+    timeout: float = 10.0
+
+
+class Burst(msgspec.Struct, tag="burst"):
+    """`n` requests at once, on connections opened (GET `preconnect_path`) before the clock starts."""
+
+    url: str
+    body: bytes
+    n: int
+    preconnect_path: str = "/health"
+    timeout: float = 120.0
+
+
+class Sequence(msgspec.Struct, tag="sequence"):
+    """Requests one after another on one keep-alive connection; each reply is returned whole."""
+
+    base_url: str
+    requests: list[Request]
+    timeout: float = 60.0
+
+
+Job = Closed | Open | Burst | Sequence
+
+
+class Reply(msgspec.Struct):
+    ms: float
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class Outcome(msgspec.Struct):
+    """What a job measured. `latencies_ms` holds successful requests only; `errors` counts the others by
+    kind ("429", "500", "function-error", "timeout", an exception name)."""
+
+    latencies_ms: list[float] = []
+    ok: int = 0
+    errors: dict[str, int] = {}
+    elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+    dropped: int = 0
+    max_lag_ms: float = 0.0
+    replies: list[Reply] = []
+    failure: str = ""
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def cpu_share(self) -> float:
+        """The generator's CPU time over the window, as a share of one core."""
+        return self.cpu_s / self.elapsed_s if self.elapsed_s else 0.0
+
+
+# -- parent side ------------------------------------------------------------------------------------
+
+
+class LoadGenerator:
+    """The generator process, started once and fed jobs. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(Outcome)
+
+    def start(self) -> LoadGenerator:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.loadgen"], cwd=REPO,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        return self
+
+    def run(self, job: Job) -> Outcome:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(self._encoder.encode(job) + b"\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited (code {proc.wait()})")
+        outcome = self._decoder.decode(line)
+        if outcome.failure:
+            raise RuntimeError(f"load generator: {outcome.failure}")
+        return outcome
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+    def __enter__(self) -> LoadGenerator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- child side -------------------------------------------------------------------------------------
+
+
+def _error_kind(status: int, headers: object) -> str | None:
+    if status != 200:
+        return str(status)
+    if "X-Amz-Function-Error" in headers:  # type: ignore[operator]
+        return "function-error"
+    return None
+
+
+def _exception_kind(exc: BaseException) -> str:
+    return "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+
+
+def _session(limit: int, timeout: float):
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=limit, force_close=False, enable_cleanup_closed=False)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout),
+                                 auto_decompress=False)
+
+
+async def _closed(job: Closed) -> Outcome:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    now = time.perf_counter()
+    measure_from = now + job.warmup
+    measure_to = measure_from + job.duration
+    cpu_marks: list[float] = []
+
+    async def worker(session) -> None:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= measure_to:
+                return
+            kind = None
+            try:
+                async with session.post(job.url, data=job.body) as resp:
+                    await resp.read()
+                    kind = _error_kind(resp.status, resp.headers)
+            except Exception as exc:  # noqa: BLE001 - every failure is a counted error
+                kind = _exception_kind(exc)
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= measure_to:
+                if kind is None:
+                    latencies.append((t1 - t0) * 1000)
+                else:
+                    errors[kind] += 1
+
+    async def cpu_clock() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        cpu_marks.append(time.process_time())
+        await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
+        cpu_marks.append(time.process_time())
+
+    async with _session(job.concurrency, job.timeout) as session:
+        await asyncio.gather(cpu_clock(), *(worker(session) for _ in range(job.concurrency)))
+    return Outcome(latencies_ms=latencies, ok=len(latencies), errors=dict(errors), elapsed_s=job.duration,
+                   cpu_s=cpu_marks[1] - cpu_marks[0])
+
+
+async def _open(job: Open) -> Outcome:
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    total = int(job.rate * job.duration)
+    interval = 1.0 / job.rate
+    inflight = 0
+    dropped = 0
+    max_lag = 0.0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(session, intended: float) -> None:
+        nonlocal inflight
+        kind = None
+        try:
+            async with session.post(job.url, data=job.body) as resp:
+                await resp.read()
+                kind = _error_kind(resp.status, resp.headers)
+        except Exception as exc:  # noqa: BLE001 - every failure is a counted error
+            kind = _exception_kind(exc)
+        inflight -= 1
+        if kind is None:
+            latencies.append((time.perf_counter() - intended) * 1000)
+        else:
+            errors[kind] += 1
+
+    async with _session(job.max_inflight, job.timeout) as session:
+        cpu0 = time.process_time()
+        start = time.perf_counter() + 0.01
+        i = 0
+        while i < total:
+            now = time.perf_counter()
+            # Send everything that is due; when the loop runs late, late requests go out at once and their
+            # latency still counts from when they were due.
+            while i < total and start + i * interval <= now:
+                intended = start + i * interval
+                i += 1
+                if inflight >= job.max_inflight:
+                    dropped += 1
+                    continue
+                max_lag = max(max_lag, now - intended)
+                inflight += 1
+                task = asyncio.create_task(one(session, intended))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if i < total:
+                await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
+        end_of_schedule = time.perf_counter()
+        cpu1 = time.process_time()
+        if tasks:
+            await asyncio.gather(*tasks)
+    return Outcome(latencies_ms=latencies, ok=len(latencies), errors=dict(errors),
+                   elapsed_s=end_of_schedule - start, cpu_s=cpu1 - cpu0, dropped=dropped,
+                   max_lag_ms=max_lag * 1000)
+
+
+async def _burst(job: Burst) -> Outcome:
+    base = job.url.split("/", 3)
+    health = f"{base[0]}//{base[2]}{job.preconnect_path}"
+    errors: Counter[str] = Counter()
+    replies: list[Reply] = []
+
+    async def warm_connection(session) -> None:
+        async with session.get(health) as resp:
+            await resp.read()
+
+    async def one(session, t0: float) -> None:
+        try:
+            async with session.post(job.url, data=job.body) as resp:
+                body = await resp.read()
+                kind = _error_kind(resp.status, resp.headers)
+                replies.append(Reply((time.perf_counter() - t0) * 1000, resp.status, body, {}))
+        except Exception as exc:  # noqa: BLE001 - every failure is a counted error
+            kind = _exception_kind(exc)
+        if kind is not None:
+            errors[kind] += 1
+
+    async with _session(job.n, job.timeout) as session:
+        await asyncio.gather(*(warm_connection(session) for _ in range(job.n)))
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(session, t0) for _ in range(job.n)))
+        elapsed = time.perf_counter() - t0
+        cpu1 = time.process_time()
+    ok = [r.ms for r in replies if r.status == 200]
+    return Outcome(latencies_ms=ok, ok=job.n - sum(errors.values()), errors=dict(errors), elapsed_s=elapsed,
+                   cpu_s=cpu1 - cpu0, replies=replies)
+
+
+async def _sequence(job: Sequence) -> Outcome:
+    replies: list[Reply] = []
+    cpu0 = time.process_time()
+    t_start = time.perf_counter()
+    async with _session(1, job.timeout) as session:
+        for req in job.requests:
+            t0 = time.perf_counter()
+            async with session.post(job.base_url + req.path, data=req.body, headers=req.headers) as resp:
+                body = await resp.read()
+                replies.append(Reply((time.perf_counter() - t0) * 1000, resp.status, body, dict(resp.headers)))
+    return Outcome(ok=sum(1 for r in replies if r.status == 200), elapsed_s=time.perf_counter() - t_start,
+                   cpu_s=time.process_time() - cpu0, replies=replies)
+
+
+async def _run(job: Job) -> Outcome:
+    if isinstance(job, Closed):
+        return await _closed(job)
+    if isinstance(job, Open):
+        return await _open(job)
+    if isinstance(job, Burst):
+        return await _burst(job)
+    return await _sequence(job)
+
+
+def _serve_jobs() -> None:
+    decoder = msgspec.json.Decoder(Job)
+    encoder = msgspec.json.Encoder()
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    out = sys.stdout.buffer
+    with runner:
+        for line in sys.stdin.buffer:
+            try:
+                outcome = runner.run(_run(decoder.decode(line)))
+            except Exception as exc:  # noqa: BLE001 - reported to the harness, which raises it
+                outcome = Outcome(failure=f"{type(exc).__name__}: {exc}")
+            out.write(encoder.encode(outcome) + b"\n")
+            out.flush()
+
+
+if __name__ == "__main__":
+    _serve_jobs()
