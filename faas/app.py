@@ -85,6 +85,7 @@ def create_app(config: Config) -> web.Application:
             scale_burst=rt.scale_burst,
             scale_rate=rt.scale_rate,
             freeze=rt.freeze,
+            queue_wait=rt.queue_wait,
             cgroups=await asyncio.to_thread(MemoryCgroups.detect) if rt.memory_limits else None,
         ))
         pools.reserved = await ConcurrencySettings(app[_DATABASE]).reserved()

@@ -53,6 +53,9 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     max_lifetime: float = 14400.0
     # Freeze idle instances (SIGSTOP on their process group) as Lambda freezes execution environments.
     freeze: bool = True
+    # Seconds an invocation of a short function may wait for a busy instance to come free before a new one
+    # starts (only when twice its typical duration fits in it); 0 starts one at once, as Lambda does.
+    queue_wait: float = 0.02
     # How fast one function adds instances: a burst of this many at once, then scale_rate per second.
     scale_burst: int = 1000
     scale_rate: float = 100.0

@@ -4,6 +4,7 @@ provisioned instances, a memory budget, the scale-up rate, keep-alive, maximum l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -52,6 +53,10 @@ class _Pool:
     idle: list[Instance] = field(default_factory=list)  # on-demand, most recently used last
     provisioned: dict[str, list[Instance]] = field(default_factory=dict)  # qualifier -> idle provisioned
     busy: set[Instance] = field(default_factory=set)
+    # Invocations waiting a moment for a busy instance instead of starting one (see Limits.queue_wait).
+    waiters: collections.deque[asyncio.Future[Instance]] = field(default_factory=collections.deque)
+    busy_since: dict[Instance, float] = field(default_factory=dict)
+    typical_s: float | None = None  # moving average of how long this pool's invocations hold an instance
 
 
 @dataclass
@@ -73,6 +78,10 @@ class Limits:
     scale_burst: int = 1000  # instances a function may add at once
     scale_rate: float = 100.0  # ... and per second after that
     freeze: bool = True
+    # When every instance is busy and invocations of the function are short (twice the typical duration fits
+    # in this many seconds), wait that long for one to come free before starting another: on a small machine
+    # a cold start costs more than a short wait, and starting one per burst only feeds a storm of them.
+    queue_wait: float = 0.02
     cgroups: MemoryCgroups | None = None  # None: MemorySize is not enforced
 
 
@@ -233,21 +242,55 @@ class Pools:
             if found is not None:
                 self._thaw(found)
                 pool.busy.add(found)
+                pool.busy_since[found] = time.monotonic()
                 return found, False
+            handed = await self._wait_for_release(pool)
+            if handed is not None:
+                pool.busy.add(handed)
+                pool.busy_since[handed] = time.monotonic()
+                return handed, False
             if not self._take_token(name):
                 raise Throttled("FunctionInvocationRateLimitExceeded")
             instance = await self._spawn(key, spec, env, None)
             self._pools.setdefault(key, pool).busy.add(instance)
+            pool.busy_since[instance] = time.monotonic()
             return instance, True
         except BaseException:
             self._leave(name)
             raise
+
+    async def _wait_for_release(self, pool: _Pool) -> Instance | None:
+        typical = pool.typical_s
+        if not pool.busy or typical is None or self.limits.queue_wait <= 0 or 2 * typical > self.limits.queue_wait:
+            return None
+        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), 2 * typical)
+        except asyncio.TimeoutError:
+            if future.done() and not future.cancelled():
+                return future.result()  # handed over just as the wait ended
+            future.cancel()
+            return None
+        except BaseException:
+            if future.done() and not future.cancelled():  # handed over, but this invocation is gone
+                handed = future.result()
+                self._freeze(handed)
+                pool.idle.append(handed)
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                pool.waiters.remove(future)
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
         self._leave(key[0])
         pool = self._pools.get(key)
         if pool is not None:
             pool.busy.discard(instance)
+            began = pool.busy_since.pop(instance, None)
+            if began is not None:
+                held = time.monotonic() - began
+                pool.typical_s = held if pool.typical_s is None else 0.8 * pool.typical_s + 0.2 * held
         meta = self._meta.get(instance)
         keep = (
             reusable and meta is not None and pool is not None and not self._closing
@@ -257,6 +300,12 @@ class Pools:
         if keep:
             assert meta is not None and pool is not None
             instance.last_used = time.monotonic()
+            if meta.provisioned_for is None:
+                while pool.waiters:
+                    waiter = pool.waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(instance)  # straight to a waiting invocation, still thawed
+                        return
             self._freeze(instance)
             if meta.provisioned_for is not None:
                 pool.provisioned.setdefault(meta.provisioned_for, []).append(instance)
