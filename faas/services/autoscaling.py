@@ -1,3 +1,4 @@
+
 """Application Auto Scaling of Lambda provisioned concurrency: the scaler behind the API in `autoscaling_api`.
 
 A background service samples each scalable target's utilization (busy provisioned instances / allocated ones)
@@ -39,6 +40,7 @@ from faas.store.autoscaling import (
 from faas.store.provisioned import ConcurrencySettings, ProvisionedSetting
 from faas.store.records import aws_timestamp
 from faas.store.registry import Registry
+from faas.tasks import finish_or_cancel
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +190,7 @@ class Autoscaler:
         if task is None:
             return
         self._stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await finish_or_cancel(task, timeout)
 
     async def _loop(self) -> None:
         next_pass = time.time()

@@ -28,6 +28,7 @@ from faas.errors import LambdaError
 from faas.events.patterns import InvalidPattern, Pattern, compile_pattern
 from faas.services.schedules import Scheduler, event_time
 from faas.store.events import Delivery, EventStore, NewDelivery, RuleRow, TargetRow
+from faas.tasks import finish_or_cancel
 
 if TYPE_CHECKING:
     from faas.config import EventsConfig
@@ -562,9 +563,4 @@ class Outbox:
             return
         self._stopping = True
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await finish_or_cancel(task, timeout)

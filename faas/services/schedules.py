@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
+from faas.tasks import finish_or_cancel
+
 if TYPE_CHECKING:
     from faas.services.bus import EventBus
 
@@ -408,12 +410,7 @@ class Scheduler:
             return
         self._stopping = True
         self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await finish_or_cancel(task, timeout)
 
 
 def event_time(epoch: float) -> str:
