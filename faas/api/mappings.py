@@ -28,9 +28,11 @@ _REASONS = {"sqs": "USER_INITIATED", "kinesis": "User action"}
 
 
 def _allow_broker_endpoints(params: dict[str, Any], errors: list[str]) -> bool:
-    """The model knows only KAFKA_BOOTSTRAP_SERVERS; faas adds MQTT_BROKER_URL and AMQP_URL."""
+    """The model knows only KAFKA_BOOTSTRAP_SERVERS (and Kafka topic names); faas adds MQTT_BROKER_URL, whose
+    Topics are MQTT topic filters (checked by `_check_self_managed`), and AMQP_URL."""
     endpoints = (params.get("SelfManagedEventSource") or {}).get("Endpoints") or {}
-    rest = [e for e in errors if "selfManagedEventSource.endpoints" not in e]
+    ignored = ["selfManagedEventSource.endpoints"] + (["at 'topics'"] if "MQTT_BROKER_URL" in endpoints else [])
+    rest = [e for e in errors if not any(i in e for i in ignored)]
     if len(rest) < len(errors) and all(k in SELF_MANAGED or k == "KAFKA_BOOTSTRAP_SERVERS" for k in endpoints):
         if rest:
             raise ValidationException(validation_message(rest))
@@ -51,6 +53,39 @@ def _kind(p: dict[str, Any]) -> str:
     if "KAFKA_BOOTSTRAP_SERVERS" in endpoints:
         raise InvalidParameterValueException("Kafka event sources are not supported by this server.")
     raise InvalidParameterValueException("Unrecognized event source.")
+
+
+MAX_MQTT_TOPICS = 10
+
+
+def _valid_topic_filter(topic: Any) -> bool:
+    if not isinstance(topic, str) or not topic or "\x00" in topic or len(topic.encode()) > 65535:
+        return False
+    levels = topic.split("/")
+    if any("#" in level and (level != "#" or i != len(levels) - 1) for i, level in enumerate(levels)):
+        return False
+    return all("+" not in level or level == "+" for level in levels)
+
+
+def _check_self_managed(kind: str, p: dict[str, Any]) -> None:
+    """What an MQTT or AMQP source needs: one broker URL or more with the right scheme, and what to consume."""
+    endpoints = (p.get("SelfManagedEventSource") or {}).get("Endpoints") or {}
+    if kind == "mqtt":
+        schemes, urls = ("mqtt", "mqtts", "tcp", "ssl"), endpoints.get("MQTT_BROKER_URL") or []
+        topics = p.get("Topics") or []
+        if not topics or len(topics) > MAX_MQTT_TOPICS or not all(_valid_topic_filter(t) for t in topics):
+            raise InvalidParameterValueException(
+                f"Topics must hold 1 to {MAX_MQTT_TOPICS} valid MQTT topic filters for an MQTT_BROKER_URL source."
+            )
+    else:
+        schemes, urls = ("amqp", "amqps"), endpoints.get("AMQP_URL") or []
+        if not p.get("Queues"):
+            raise InvalidParameterValueException("Queues is required for an AMQP_URL source.")
+    if not urls or not all(isinstance(u, str) and u.split("://", 1)[0].lower() in schemes and "://" in u
+                           for u in urls):
+        raise InvalidParameterValueException(
+            f"Endpoints must be URLs with one of the schemes {', '.join(schemes)} for this event source."
+        )
 
 
 def function_arn_for_mapping(svc: Services, value: str) -> tuple[str, str | None, str]:
@@ -155,6 +190,8 @@ async def create_mapping(request: web.Request, p: dict[str, Any]) -> web.Respons
             "Member must not be null."
         )
     await _check_source(svc, kind, source)
+    if kind in ("mqtt", "amqp"):
+        _check_self_managed(kind, p)
     batch_size = p.get("BatchSize") or (100 if kind == "kinesis" else 10)
     window = p.get("MaximumBatchingWindowInSeconds") or 0
     _check_batching(kind, batch_size, window)
