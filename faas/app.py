@@ -19,6 +19,7 @@ import faas.api.versions  # noqa: F401
 import faas.services.autoscaling_api  # noqa: F401
 import faas.services.eventbridge_api  # noqa: F401
 import faas.services.kinesis_api  # noqa: F401
+import faas.services.sns_api  # noqa: F401
 import faas.services.sqs_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
@@ -41,6 +42,8 @@ from faas.services.autoscaling import Autoscaler
 from faas.services.bus import EventBus
 from faas.services.queues import Queues
 from faas.services.streams import Streams
+from faas.services.topic_delivery import DeliverySettings, Envelopes, TopicDeliverer
+from faas.services.topics import Topics, TopicSettings
 from faas.store.async_events import AsyncEvents
 from faas.store.autoscaling import AutoscalingStore
 from faas.store.code import CodeStore
@@ -50,6 +53,7 @@ from faas.store.layers import Layers
 from faas.store.mappings import Mappings
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
+from faas.store.topics import TopicStore
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
 JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs"]
@@ -129,9 +133,18 @@ def create_app(config: Config) -> web.Application:
             sample_interval=scaling.sample_interval, window=scaling.window,
         )
         events = EventBus(EventStore(db), arns, config.events)
+        sns = config.sns
+        topic_store = TopicStore(db)
+        deliverer = TopicDeliverer(
+            topic_store, arns, DeliverySettings(sns.retry_min_delay, sns.retry_max_delay, sns.max_attempts,
+                                                dispatch=sns.dispatch),
+            Envelopes(config), async_queue, queues,
+        )
+        topics = Topics(topic_store, arns, TopicSettings(sns.deduplication_window), deliverer)
+        await topics.open()
         svc = app[SERVICES] = Services(
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
-            async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events, queues,
+            async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events, queues, topics,
         )
         events.attach(svc)
         destinations.services = svc
@@ -145,7 +158,9 @@ def create_app(config: Config) -> web.Application:
         queues.start()
         await mapping_manager.begin()
         autoscaler.start()
+        deliverer.start()
         yield
+        await deliverer.close(config.server.shutdown_timeout)
         await autoscaler.close(config.server.shutdown_timeout)
         await mapping_manager.close()
         await streams.close(config.server.shutdown_timeout)

@@ -165,6 +165,20 @@ class QueuesConfig(msgspec.Struct, forbid_unknown_fields=True):
     purge_interval: float = 60.0
 
 
+class SnsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Deliveries to Lambda and SQS subscribers that fail server-side are retried as SNS does for AWS-managed
+    # endpoints: 3 immediate retries, 2 after retry_min_delay, 10 backing off exponentially to retry_max_delay,
+    # then every retry_max_delay until max_attempts in all (SNS: 100015, about 23 days); then the subscription's
+    # dead-letter queue, if it has one. Client-side failures (no such function or queue) are not retried.
+    retry_min_delay: float = 1.0
+    retry_max_delay: float = 20.0
+    max_attempts: int = 100015
+    # FIFO topics: seconds a message deduplication id is remembered (SNS: 5 minutes).
+    deduplication_window: float = 300.0
+    # false leaves published messages in the outbox (SQLite) until a server with dispatch on starts.
+    dispatch: bool = True
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -176,6 +190,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     autoscaling: AutoscalingConfig = msgspec.field(default_factory=AutoscalingConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     queues: QueuesConfig = msgspec.field(default_factory=QueuesConfig)
+    sns: SnsConfig = msgspec.field(default_factory=SnsConfig)
 
     @property
     def data_path(self) -> Path:

@@ -302,3 +302,20 @@ def test_queue_bus_destinations_and_dead_letter_queue(fast_server, tmp_path):
     assert attrs["RequestID"] == {"StringValue": dead_id, "DataType": "String"}
     assert attrs["ErrorCode"] == {"StringValue": "200", "DataType": "Number"}
     assert attrs["ErrorMessage"] == {"StringValue": "failed on purpose", "DataType": "String"}
+
+
+def test_topic_destination(fast_server, tmp_path):
+    srv = fast_server()
+    lam, sqs, sns = srv.client(), srv.client("sqs"), srv.client("sns")
+    url, queue_arn = _queue(sqs)
+    topic = sns.create_topic(Name=unique("results"))["TopicArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    name, created = create_function(lam, RECORDER)
+    lam.put_function_event_invoke_config(FunctionName=name, DestinationConfig={"OnSuccess": {"Destination": topic}})
+    request_id = send(lam, name, {"log": str(tmp_path / "t.jsonl"), "n": 3})
+    envelope = json.loads(_receive(sqs, url)["Body"])
+    assert envelope["Type"] == "Notification" and envelope["TopicArn"] == topic
+    record = json.loads(envelope["Message"])
+    assert record["requestContext"]["requestId"] == request_id
+    assert record["requestContext"]["condition"] == "Success"
+    assert record["responsePayload"] == {"ok": 3}

@@ -17,6 +17,7 @@ from aiohttp import web
 from botocore.model import ServiceModel, Shape
 
 from faas.api.model import load_service_model
+from faas.api.query_protocol import dispatch_query
 from faas.api.validation import validate
 from faas.errors import LambdaError, validation_message
 
@@ -65,6 +66,8 @@ class JsonServices:
         app.router.add_post("/", self.dispatch)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if "X-Amz-Target" not in request.headers:  # AWS's query protocol (SNS): Action=... in a form body
+            return await dispatch_query(request)
         target = request.headers.get("X-Amz-Target", "")
         prefix, _, op_name = target.rpartition(".")
         found = self.models.get(prefix)

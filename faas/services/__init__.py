@@ -19,6 +19,7 @@ from faas.services.autoscaling import Autoscaler
 from faas.services.bus import EventBus
 from faas.services.queues import Queues
 from faas.services.streams import Streams
+from faas.services.topics import Topics
 from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
@@ -49,6 +50,7 @@ class Services:
     autoscaler: Autoscaler
     events: EventBus
     queues: Queues
+    topics: Topics
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
