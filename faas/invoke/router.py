@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
 import msgspec
 
 from faas.arn import LATEST, Arns
@@ -56,6 +58,14 @@ class InvokeResult(msgspec.Struct):
     log: bytes
     duration_ms: float
     cold: bool
+    # A handler that streamed its response: the stream's content type, and whether its bytes went to
+    # `on_chunk` (then `payload` is empty, or the error that ended the stream).
+    content_type: str | None = None
+    streamed: bool = False
+
+
+# A streaming invocation's bytes as the function writes them: (data, stream content type, executed version).
+StreamCallback = Callable[[bytes, str | None, str], Awaitable[None]]
 
 
 class Router:
@@ -99,7 +109,9 @@ class Router:
         n = self._spins[key] = self._spins.get(key, 0) + 1
         return extra if (n * _GOLDEN) % 1.0 < weight else alias.function_version
 
-    async def invoke(self, req: InvokeRequest) -> InvokeResult:
+    async def invoke(self, req: InvokeRequest, on_chunk: StreamCallback | None = None) -> InvokeResult:
+        """Run one invocation. With `on_chunk`, a streaming handler's response goes there as it is written
+        (custom runtimes answer whole: their response comes back in the result, as any other handler's)."""
         fv = await self.resolve(req.function_name, req.qualifier, weighted=True)
         if fv.state != "Active":
             raise ResourceConflictException(
@@ -127,7 +139,15 @@ class Router:
         )
         outcome: Outcome | None = None
         try:
-            outcome = await instance.invoke(frame, float(cfg.timeout))
+            if on_chunk is None or spec.protocol != "jsonl":
+                outcome = await instance.invoke(frame, float(cfg.timeout))
+            else:
+                version = fv.version
+
+                async def forward(data: bytes, content_type: str | None) -> None:
+                    await on_chunk(data, content_type, version)
+
+                outcome = await instance.invoke(frame, float(cfg.timeout), forward)
             if outcome.error_type == "Runtime.ExitError" and self.pools.out_of_memory(instance):
                 outcome.error_type = "Runtime.OutOfMemory"
                 outcome.payload = msgspec.json.encode({
@@ -157,6 +177,7 @@ class Router:
             payload=payload, executed_version=fv.version,
             function_error="Unhandled" if error_type else None, error_type=error_type,
             log=log, duration_ms=outcome.duration_ms, cold=cold,
+            content_type=outcome.content_type, streamed=outcome.streamed,
         )
 
     async def prepare(self, fv: FunctionVersion, initialization: str = "on-demand") -> Prepared:
@@ -198,6 +219,7 @@ class Router:
             protocol=protocol,
             opt_dir=opt_dir,
             sandboxed=sandbox.enabled,
+            tmp_mb=cfg.ephemeral_storage if sandbox.enabled else 0,
             work_dir=str(self.work_dir),
             init_timeout_s=self.config.runtime.init_timeout,
             max_frame_bytes=self.config.limits.response_payload_bytes * 2 + 1024,

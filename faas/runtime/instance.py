@@ -30,10 +30,11 @@ from faas.runtime.protocol import (
     SENTINEL_MARK,
     SHUTDOWN,
     InvokeFrame,
+    WorkerFrame,
     encode_invoke,
     worker_frame_decoder,
 )
-from faas.runtime.spawner import DIE_WITH_PARENT
+from faas.runtime.spawner import DIE_WITH_PARENT, in_cgroup
 from faas.runtime.zygote import ProcessHandle, Zygotes, ZygoteUnavailable
 from faas.runtime.zygote import installed as installed_zygotes
 
@@ -65,8 +66,10 @@ class InstanceSpec(msgspec.Struct, frozen=True):
     protocol: str = "jsonl"  # or "runtime-api" (AWS's HTTP Runtime API, for provided.* runtimes)
     opt_dir: str = ""  # the merged layers (Lambda's /opt), "" without layers
     sandboxed: bool = False  # the command runs inside the sandbox, which gives it a private /tmp
+    tmp_mb: int = 0  # the size of that /tmp (a tmpfs: it counts against the instance's memory limit)
     init_timeout_s: float = 10.0
     max_frame_bytes: int = 16 * 1024 * 1024
+    max_stream_bytes: int = 20 * 1024 * 1024  # a response streamed to a client (buffered ones: max_frame_bytes)
 
 
 class InitFailure(Exception):
@@ -89,6 +92,40 @@ class Outcome(msgspec.Struct):
     max_memory_mb: int
     reusable: bool
     timed_out: bool = False
+    # A handler that streamed: its content type, and whether the chunks went to `on_chunk` (then `payload` is
+    # empty, or the error). Without `on_chunk` the chunks are collected into `payload`.
+    content_type: str | None = None
+    streamed: bool = False
+
+
+# Receives a streamed response's bytes as the worker writes them, with the stream's content type.
+ChunkCallback = Callable[[bytes, str | None], Awaitable[None]]
+
+
+class _StreamTooLarge(Exception):
+    pass
+
+
+class _Chunks:
+    """The chunk frames of one invocation: handed on as they come, or collected."""
+
+    def __init__(self, on_chunk: ChunkCallback | None, limit: int):
+        self.on_chunk = on_chunk
+        self.limit = limit
+        self.size = 0
+        self.content_type: str | None = None
+        self.collected = bytearray()
+
+    async def add(self, frame: WorkerFrame) -> None:
+        if frame.content_type and self.content_type is None:
+            self.content_type = frame.content_type
+        self.size += len(frame.data)
+        if self.size > self.limit:
+            raise _StreamTooLarge
+        if self.on_chunk is None:
+            self.collected += frame.data
+        elif frame.data:
+            await self.on_chunk(frame.data, self.content_type)
 
 
 def _peak_rss_mb(pid: int) -> int:
@@ -164,6 +201,13 @@ class _LogCollector:
             del buf[:1]
 
 
+def _sent(chunks: _Chunks | None) -> dict:
+    """Outcome fields of a failed invocation whose first chunks may already have reached the client."""
+    if chunks is None or chunks.on_chunk is None:
+        return {}
+    return {"content_type": chunks.content_type, "streamed": True}
+
+
 class Instance:
     """A worker process. `start()` runs init; `invoke()` runs one request; `stop()` ends it."""
 
@@ -171,6 +215,8 @@ class Instance:
         self.spec = spec
         # Called with the worker's pid as soon as it exists, before the function's code runs (memory cgroups).
         self.on_spawn: Callable[[int], None] | None = None
+        # The memory cgroup an exec'd worker starts in (forked ones are moved by on_spawn).
+        self.cgroup: str | None = None
         # Forks Python workers; None: the server's installed zygotes, if any (else every worker is exec'd).
         self.spawner = spawner
         self.id = f"{os.getpid()}-{next(_ids)}"
@@ -281,7 +327,7 @@ class Instance:
     async def _exec(self, env: dict[str, str], worker_sock: socket.socket, log_w: int) -> ProcessHandle:
         fd = str(worker_sock.fileno())
         return await asyncio.create_subprocess_exec(
-            *DIE_WITH_PARENT, *self.spec.command,
+            *DIE_WITH_PARENT, *in_cgroup(self.cgroup, self.spec.command),
             stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
             pass_fds=(worker_sock.fileno(),), cwd=self.spec.code_dir, start_new_session=True,
             env={**env, "_FAAS_FD_IN": fd, "_FAAS_FD_OUT": fd},
@@ -295,16 +341,31 @@ class Instance:
             return f"signal: {_SIGNAL_WORDS.get(-code, f'signal {-code}')}"
         return f"exit status {code}"
 
-    async def invoke(self, frame: InvokeFrame, timeout_s: float) -> Outcome:
+    async def invoke(self, frame: InvokeFrame, timeout_s: float, on_chunk: ChunkCallback | None = None) -> Outcome:
+        """Run one request. A streaming handler's chunks go to `on_chunk` as they arrive (the worker waits
+        while it is busy), or, without it, are collected into the payload."""
         assert self._writer is not None and self._frames is not None and self._logs is not None
         self.invocations += 1
         logs = self._logs
         logs.expect(frame.id)
         started = time.perf_counter()
+        chunks: _Chunks | None = None
+        reply: WorkerFrame | None = None
         try:
             self._writer.write(encode_invoke(frame))
             await asyncio.wait_for(self._writer.drain(), timeout_s)
             line = await asyncio.wait_for(self._frames.readline(), max(0.0, timeout_s - (time.perf_counter() - started)))
+            reply = worker_frame_decoder.decode(line) if line else None
+            while reply is not None and reply.t == "chunk":
+                if chunks is None:
+                    spec = self.spec
+                    chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
+                if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
+                    await chunks.add(reply)
+                line = await asyncio.wait_for(
+                    self._frames.readline(), max(0.0, timeout_s - (time.perf_counter() - started))
+                )
+                reply = worker_frame_decoder.decode(line) if line else None
         except asyncio.TimeoutError:
             duration = (time.perf_counter() - started) * 1000
             memory = _peak_rss_mb(self.proc.pid) if self.proc else 0
@@ -315,18 +376,19 @@ class Instance:
                 "errorMessage": f"RequestId: {frame.id} Error: Task timed out after {self.spec.timeout_s:.2f} seconds",
             }
             return Outcome(msgspec.json.encode(error), "Sandbox.Timedout", logs.take(), duration, memory,
-                           reusable=False, timed_out=True)
+                           reusable=False, timed_out=True, **_sent(chunks))
         except ConnectionError:
-            line = b""  # the worker is gone: reported below as the exit it was
-        except (ValueError, asyncio.LimitOverrunError):
-            # A frame over the limit: far past the response size AWS allows.
+            reply = None  # the worker is gone: reported below as the exit it was
+        except msgspec.DecodeError:
+            raise  # a worker bug, not a size problem (DecodeError is a ValueError)
+        except (ValueError, asyncio.LimitOverrunError, _StreamTooLarge) as exc:
+            # A frame over the limit (far past the response size AWS allows), or a stream past its limit.
             await self._kill()
-            line = b"\x00too-large"
+            limit = self.spec.max_stream_bytes if isinstance(exc, _StreamTooLarge) and on_chunk else None
+            return self._too_large(logs, (time.perf_counter() - started) * 1000, limit, chunks)
         duration = (time.perf_counter() - started) * 1000
         pid = self.proc.pid if self.proc else 0
-        if line == b"\x00too-large":
-            return self._too_large(logs, duration)
-        if not line:
+        if reply is None:
             # EOF: the process exited mid-invocation (sys.exit, a crash, the OOM killer).
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.proc.wait(), 2.0)  # type: ignore[union-attr]
@@ -340,27 +402,32 @@ class Instance:
             )
             error = {"errorType": "Runtime.ExitError", "errorMessage": message}
             return Outcome(msgspec.json.encode(error), "Runtime.ExitError", logs.take(), duration, 0,
-                           reusable=False)
+                           reusable=False, **_sent(chunks))
         await logs.wait(1.0)
         memory = _peak_rss_mb(pid)
         self.last_used = time.monotonic()
-        reply = worker_frame_decoder.decode(line)
         reusable = not reply.exiting
         if reply.t == "result":
+            if reply.streamed or chunks is not None:
+                content_type = (chunks.content_type if chunks else None) or reply.content_type
+                payload = bytes(chunks.collected) if chunks and on_chunk is None else b""
+                return Outcome(payload, None, logs.take(), duration, memory, reusable=reusable,
+                               content_type=content_type, streamed=on_chunk is not None)
             payload = bytes(reply.payload) or b"null"
             return Outcome(payload, None, logs.take(), duration, memory, reusable=reusable)
         error = reply.error or {"errorType": "Runtime.Unknown", "errorMessage": "worker sent no error"}
         return Outcome(msgspec.json.encode(error), str(error.get("errorType") or "Unhandled"), logs.take(),
-                       duration, memory, reusable=reusable)
+                       duration, memory, reusable=reusable, **_sent(chunks))
 
-    def _too_large(self, logs: _LogCollector, duration: float) -> Outcome:
+    def _too_large(self, logs: _LogCollector, duration: float, limit: int | None = None,
+                   chunks: _Chunks | None = None) -> Outcome:
         self._dead = True
         error = {
-            "errorMessage": "Response payload size exceeded maximum allowed payload size (6291556 bytes).",
+            "errorMessage": f"Response payload size exceeded maximum allowed payload size ({limit or 6291556} bytes).",
             "errorType": "Function.ResponseSizeTooLarge",
         }
         return Outcome(msgspec.json.encode(error), "Function.ResponseSizeTooLarge", logs.take(), duration, 0,
-                       reusable=False)
+                       reusable=False, **_sent(chunks))
 
     async def _kill(self) -> None:
         self._dead = True

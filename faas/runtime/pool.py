@@ -201,7 +201,9 @@ class Pools:
         cgroups = self.limits.cgroups
         if cgroups is not None:
             try:
-                path = meta.cgroup = cgroups.create(instance.id, spec.memory_mb * 1024 * 1024)
+                # A sandbox's /tmp is a tmpfs, whose pages count as the instance's memory.
+                path = meta.cgroup = cgroups.create(instance.id, (spec.memory_mb + spec.tmp_mb) * 1024 * 1024)
+                instance.cgroup = str(path)
                 instance.on_spawn = lambda pid: cgroups.add(path, pid)
             except OSError:
                 log.warning("could not create a memory cgroup for %s", key[0], exc_info=True)

@@ -11,8 +11,18 @@ SENTINEL_MARK = b"\x1e"
 INIT_ID = "init"
 
 
+# The stream content type that carries an HTTP status, headers and cookies for function URLs: a JSON prelude,
+# 8 NUL bytes, then the body (Node's awslambda.HttpResponseStream.from writes it).
+HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
+
+
 class WorkerFrame(msgspec.Struct, omit_defaults=True):
-    """worker -> server: ready | init_error | result | error."""
+    """worker -> server: ready | init_error | chunk | result | error.
+
+    A handler that streams its response (Node's `awslambda.streamifyResponse`, a Python generator) sends
+    `{"t":"chunk","id":ID,"data":BASE64}` frames while it runs, the first carrying the stream's `content_type`,
+    then `{"t":"result","id":ID,"streamed":true}` (or an error frame) to end the stream.
+    """
 
     t: str
     id: str | None = None
@@ -21,6 +31,9 @@ class WorkerFrame(msgspec.Struct, omit_defaults=True):
     error: dict[str, Any] | None = None
     # The worker ends after this reply (e.g. Node after an uncaught exception): do not reuse it.
     exiting: bool = False
+    data: bytes = b""  # a chunk's bytes (base64 in the JSON line)
+    content_type: str | None = None
+    streamed: bool = False  # on a result: the response went out as chunks; there is no payload
 
 
 class InvokeFrame(msgspec.Struct):

@@ -41,7 +41,7 @@ from faas.runtime.instance import (
     _peak_rss_mb,
 )
 from faas.runtime.protocol import InvokeFrame, single_line
-from faas.runtime.spawner import DIE_WITH_PARENT
+from faas.runtime.spawner import DIE_WITH_PARENT, in_cgroup
 
 API_VERSION = "2018-06-01"
 _PREFIX = f"/{API_VERSION}/runtime"
@@ -108,6 +108,7 @@ class RuntimeApiInstance:
     def __init__(self, spec: InstanceSpec):
         self.spec = spec
         self.on_spawn: Callable[[int], None] | None = None
+        self.cgroup: str | None = None  # the memory cgroup the bootstrap starts in
         self.id = f"{os.getpid()}-{next(_ids)}"
         self.log_stream = ""
         self.proc: asyncio.subprocess.Process | None = None
@@ -172,7 +173,7 @@ class RuntimeApiInstance:
             )
             self._spawned = time.perf_counter()
             self.proc = await asyncio.create_subprocess_exec(
-                *DIE_WITH_PARENT, *spec.command,
+                *DIE_WITH_PARENT, *in_cgroup(self.cgroup, spec.command),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_w, stderr=log_w,
                 cwd=spec.code_dir, env=full_env, start_new_session=True,
             )

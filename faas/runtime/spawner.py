@@ -37,6 +37,15 @@ def _die_with_parent() -> tuple[str, ...]:
 DIE_WITH_PARENT = _die_with_parent()
 
 
+def in_cgroup(cgroup: str | None, command: tuple[str, ...]) -> tuple[str, ...]:
+    """Run `command` inside a cgroup from its first instruction: a shell moves itself there, then execs it
+    (same pid), so neither the program nor anything it forks early escapes the limit."""
+    if not cgroup:
+        return command
+    script = 'echo $$ > "$1/cgroup.procs" 2>/dev/null; shift; exec "$@"'
+    return ("/bin/sh", "-c", script, "sh", cgroup, *command)
+
+
 class Interpreter(msgspec.Struct, frozen=True):
     """A resolved program for a runtime: the real executable (shims resolved) and its version.
     Custom runtimes (provided.*) have none: the package's own `bootstrap` is the program."""

@@ -15,6 +15,16 @@
 //   worker -> server  {"t":"result","id":ID,"payload":RAW_JSON} | {"t":"error","id":ID,"error":{...}}
 //
 // Errors are shaped as Lambda's Node runtime shapes them: {"errorType","errorMessage","trace"}.
+//
+// Response streaming: a handler wrapped in awslambda.streamifyResponse(async (event, responseStream, context)
+// => ...) gets a Writable; every write goes out at once as {"t":"chunk","id":ID,"data":BASE64} frames of at
+// most 1 MiB (the first also carries "content_type": application/octet-stream unless setContentType() said
+// otherwise), and {"t":"result","id":ID,"streamed":true,"content_type":CT} ends the stream once the handler's
+// promise settles (the stream is ended for it if need be) or, for a handler returning no promise, once the
+// stream finishes (or the event loop empties). awslambda.HttpResponseStream.from(stream, {statusCode,
+// headers, cookies}) sets Lambda's http-integration content type and writes the JSON prelude and 8 NUL bytes
+// before the first byte of the body, as Lambda's runtime does. A rejection or a stream error ends the stream
+// with an error frame.
 // Before each reply frame (and before ready/init_error, under the id "init") every byte of the function's
 // output is on the log pipe and "\x1e" + id + "\x1e" is written to fd 1, so the server knows that
 // request's output is complete. EOF on the input or a shutdown frame ends the process with status 0.
@@ -58,6 +68,7 @@ import fs from 'node:fs';
 import * as nodeModule from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
+import { Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import util from 'node:util';
 
@@ -70,6 +81,12 @@ const INIT_ID = 'init';
 const EXIT_UNCAUGHT_EXCEPTION = 129;
 const EXIT_UNHANDLED_REJECTION = 128;
 const MARSHAL_ERROR_MESSAGE = 'Unable to stringify response body';
+// Lambda's runtime marks streaming handlers with these symbols (awslambda.streamifyResponse).
+const HANDLER_STREAMING = Symbol.for('aws.lambda.runtime.handler.streaming');
+const HANDLER_HIGHWATERMARK = Symbol.for('aws.lambda.runtime.handler.streaming.highWaterMark');
+const STREAM_CONTENT_TYPE = 'application/octet-stream';
+const HTTP_INTEGRATION = 'application/vnd.awslambda.http-integration-response';
+const CHUNK_BYTES = 1 << 20;
 
 // ---------------------------------------------------------------------------------------------------
 // Low-level output
@@ -571,6 +588,105 @@ function exitWhenFlushed(code) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Response streaming (the `awslambda` global)
+
+function streamifyResponse(handler, options) {
+  handler[HANDLER_STREAMING] = 'response';
+  if (options && typeof options.highWaterMark === 'number') handler[HANDLER_HIGHWATERMARK] = options.highWaterMark;
+  return handler;
+}
+
+/** The responseStream a streaming handler writes to: each write becomes chunk frames to the server. */
+class ResponseStream extends Writable {
+  constructor(id, highWaterMark) {
+    super(typeof highWaterMark === 'number' ? { highWaterMark } : {});
+    this._faas = { id, contentType: STREAM_CONTENT_TYPE, started: false, prelude: null, closed: false };
+  }
+
+  setContentType(contentType) {
+    if (this._faas.started) throw new Error('The content type must be set before the first write');
+    this._faas.contentType = String(contentType);
+  }
+
+  get contentType() {
+    return this._faas.contentType;
+  }
+
+  _write(chunk, _encoding, callback) {
+    this._faasSend(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk), callback);
+  }
+
+  _final(callback) {
+    this._faasSend(Buffer.alloc(0), callback); // a prelude with no body still goes out
+  }
+
+  _faasSend(buf, callback) {
+    const state = this._faas;
+    let data = buf;
+    if (!state.started && state.prelude) data = Buffer.concat([state.prelude, Buffer.alloc(8), buf]);
+    if (state.closed || data.length === 0) {
+      callback();
+      return;
+    }
+    const frames = [];
+    for (let start = 0; start < data.length; start += CHUNK_BYTES) {
+      const frame = { t: 'chunk', id: state.id, data: data.subarray(start, start + CHUNK_BYTES).toString('base64') };
+      if (!state.started) frame.content_type = state.contentType;
+      state.started = true;
+      frames.push(JSON.stringify(frame) + '\n');
+    }
+    frames.forEach((text, i) => send(text, i === frames.length - 1 ? () => callback() : undefined));
+  }
+}
+
+/** Lambda's helper for function URLs: a status, headers and cookies ahead of the body. */
+class HttpResponseStream {
+  static from(underlyingStream, prelude) {
+    underlyingStream.setContentType(HTTP_INTEGRATION);
+    const head = Buffer.from(JSON.stringify(prelude === undefined ? {} : prelude));
+    if (underlyingStream instanceof ResponseStream) {
+      underlyingStream._faas.prelude = head;
+    } else {
+      underlyingStream.write(head);
+      underlyingStream.write(new Uint8Array(8));
+    }
+    return underlyingStream;
+  }
+}
+
+function installAwslambdaGlobal() {
+  globalThis.awslambda = { streamifyResponse, HttpResponseStream };
+}
+
+/** Runs a streaming handler; `finish(isError, value, stream)` settles the invocation once. */
+function invokeStreaming(invocation, event, context, finish) {
+  const stream = new ResponseStream(invocation.id, handler[HANDLER_HIGHWATERMARK]);
+  const done = () => finish(false, undefined, stream);
+  const fail = (err) => {
+    stream._faas.closed = true; // nothing written after the error frame
+    finish(true, err === undefined || err === null ? 'handled' : err);
+  };
+  const endThenFinish = () => {
+    if (stream.writableFinished) {
+      done();
+      return;
+    }
+    stream.once('finish', done);
+    if (!stream.writableEnded) stream.end();
+  };
+  stream.once('error', fail);
+  // The event loop emptied with the stream still open: end it for the handler.
+  beforeExitAction = endThenFinish;
+  try {
+    const result = handler(event, stream, context);
+    if (isPromiseLike(result)) result.then(endThenFinish, fail);
+    else stream.once('finish', done);
+  } catch (err) {
+    fail(err);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Serving
 
 const EOF = Symbol('eof');
@@ -632,11 +748,11 @@ function invoke(frame) {
   // callbackWaitsForEmptyEventLoop is honoured, and how an invocation nothing settles ends (null).
   input.unref();
 
-  const finish = (isError, value) => {
+  const finish = (isError, value, stream) => {
     if (invocation.state !== 'running') return;
     invocation.state = 'finishing';
     beforeExitAction = null;
-    completeInvocation(invocation, isError, value);
+    completeInvocation(invocation, isError, value, stream);
   };
   let waitsForEmptyEventLoop = true;
   let callbackCalled = false;
@@ -684,6 +800,10 @@ function invoke(frame) {
   };
 
   const event = frame.event === undefined ? null : frame.event;
+  if (handler[HANDLER_STREAMING] === 'response') {
+    invokeStreaming(invocation, event, context, finish);
+    return;
+  }
   try {
     const result = handler(event, context, callback);
     if (isPromiseLike(result)) result.then(succeed, fail);
@@ -708,13 +828,16 @@ function marshal(value) {
   }
 }
 
-function completeInvocation(invocation, isError, value) {
+function completeInvocation(invocation, isError, value, stream) {
   let reply;
   try {
     let error = null;
     if (isError) {
       error = errorPayload(value);
       logRecord('ERROR', 'Invoke Error', formatForLog(intoError(value)));
+    } else if (stream) {
+      const done = { t: 'result', id: invocation.id, streamed: true, content_type: stream.contentType };
+      reply = JSON.stringify(done) + '\n';
     } else {
       const marshalled = marshal(value);
       if (marshalled.error) {
@@ -817,6 +940,7 @@ async function main() {
   patchConsole();
   installProcessHandlers();
   openChannel();
+  installAwslambdaGlobal();
   const appRoot = process.env.LAMBDA_TASK_ROOT || process.cwd();
   installEsmNodePath(appRoot);
   let loaded;

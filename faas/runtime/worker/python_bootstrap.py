@@ -12,6 +12,14 @@ Frames are compact JSON, one per line:
                        "client_context":C,"identity":I,"event":E} | {"t":"shutdown"}
     worker -> server  {"t":"result","id":ID,"payload":RAW_JSON} | {"t":"error","id":ID,"error":{...}}
 
+A handler streams its response by being a generator (or returning one): each item it yields is sent at
+once, as {"t":"chunk","id":ID,"data":BASE64} frames of at most 1 MiB (the first also carries "content_type",
+application/octet-stream), and {"t":"result","id":ID,"streamed":true} ends the stream. Items are bytes, or
+str (sent as UTF-8). A dict yielded first is the HTTP response head for function URLs, Lambda's
+http-integration prelude: {"statusCode": 201, "headers": {...}, "cookies": [...]} (the content type becomes
+application/vnd.awslambda.http-integration-response, and the JSON prelude and 8 NUL bytes precede the body).
+An exception raised while streaming ends the stream with an error frame.
+
 Before each reply frame (and before ready/init_error, under the id "init") the worker flushes its
 streams and writes b"\\x1e" + id + b"\\x1e" to fd 1, so the server knows that request's output is
 complete. EOF on the input or a shutdown frame ends the process with status 0. A handler raising
@@ -22,14 +30,19 @@ import time
 
 _STARTED = time.perf_counter()  # first statement: init_ms is measured from here
 
+import binascii
 import json
 import logging
 import os
 import sys
 import traceback
+import types
 
 _SENTINEL_MARK = b"\x1e"
 _INIT_ID = "init"
+_STREAM_CONTENT_TYPE = "application/octet-stream"
+_HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
+_CHUNK_BYTES = 1 << 20
 # Response encoding. Lambda itself writes ", " / ": " separators; the server contract asks for compact
 # text. NaN/Infinity are refused (Runtime.MarshalError) because the server's strict JSON decoder would
 # reject a frame carrying them.
@@ -464,6 +477,38 @@ class _Channel(object):
         self.send_raw(_encode_text(_dumps(frame)) + b"\n")
 
 
+def _stream(chunks, request_id, channel):
+    """Sends what a generator handler yields as it yields it; returns the stream's content type."""
+    head = _encode_text('{"t":"chunk","id":%s,"data":"' % _dumps(request_id))
+    content_type = None
+    sent = False
+    try:
+        for item in chunks:
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                data = bytes(item)
+            elif isinstance(item, str):
+                data = _encode_text(item)
+            elif isinstance(item, dict) and content_type is None:
+                data = _encode_text(_to_json(item)) + b"\0" * 8
+                content_type = _HTTP_INTEGRATION
+            else:
+                raise TypeError(
+                    "A streaming handler yields bytes or str (and first, optionally, a dict with statusCode, "
+                    "headers and cookies), not %s" % type(item).__name__
+                )
+            if content_type is None:
+                content_type = _STREAM_CONTENT_TYPE
+            for start in range(0, len(data), _CHUNK_BYTES):
+                tail = b'"}\n'
+                if not sent:
+                    tail = b'","content_type":' + _encode_text(_dumps(content_type)) + b"}\n"
+                    sent = True
+                channel.send_raw(head + binascii.b2a_base64(data[start:start + _CHUNK_BYTES], newline=False) + tail)
+    finally:
+        chunks.close()
+    return content_type
+
+
 def _invoke(frame, handler, channel, function):
     global _current_request_id
     request_id = frame.get("id")
@@ -492,28 +537,34 @@ def _invoke(frame, handler, channel, function):
 
     payload = None
     error = None
+    streamed = None  # the content type of a streamed response
     try:
         result = handler(frame.get("event"), context)
+        if isinstance(result, types.GeneratorType):
+            streamed = _stream(result, request_id, channel) or _STREAM_CONTENT_TYPE
     except (SystemExit, KeyboardInterrupt) as exc:
         _exit_now(exc)
     except BaseException as exc:
         error = _error_from_exception(exc, request_id)
     else:
-        try:
-            payload = _encode_text(_to_json(result))
-        except Exception as exc:
-            message = "Unable to marshal response: %s" % _safe_str(exc)
-            error = _error(message, "Runtime.MarshalError", request_id, [])
+        if streamed is None:
+            try:
+                payload = _encode_text(_to_json(result))
+            except Exception as exc:
+                message = "Unable to marshal response: %s" % _safe_str(exc)
+                error = _error(message, "Runtime.MarshalError", request_id, [])
         result = None
 
     if error is not None:
         _log_error(error)
     _write_sentinel(request_id)
-    if error is None:
+    if error is not None:
+        channel.send({"t": "error", "id": request_id, "error": error})
+    elif streamed is not None:
+        channel.send({"t": "result", "id": request_id, "streamed": True, "content_type": streamed})
+    else:
         head = '{"t":"result","id":%s,"payload":' % _dumps(request_id)
         channel.send_raw(_encode_text(head) + payload + b"}\n")
-    else:
-        channel.send({"t": "error", "id": request_id, "error": error})
 
 
 def _serve(channel, handler, function):
