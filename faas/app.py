@@ -14,6 +14,8 @@ import faas.api.functions  # noqa: F401
 import faas.api.invoke  # noqa: F401
 import faas.api.layers  # noqa: F401
 import faas.api.mappings  # noqa: F401
+import faas.api.streaming  # noqa: F401
+import faas.api.urls  # noqa: F401
 import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
 import faas.services.autoscaling_api  # noqa: F401
@@ -23,6 +25,7 @@ import faas.services.sns_api  # noqa: F401
 import faas.services.sqs_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
+from faas.api.url_invoke import function_urls
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
 from faas.arn import Arns
@@ -51,6 +54,7 @@ from faas.store.events import EventStore
 from faas.store.db import Database
 from faas.store.layers import Layers
 from faas.store.mappings import Mappings
+from faas.store.urls import FunctionUrls
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 from faas.store.topics import TopicStore
@@ -63,7 +67,8 @@ _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[aws_errors], client_max_size=config.limits.create_request_bytes)
+    # Function URL requests (by Host, or under /_faas/url/) are answered before the API's error middleware.
+    app = web.Application(middlewares=[function_urls, aws_errors], client_max_size=config.limits.create_request_bytes)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = Database(config.data_path / "registry.db")
@@ -145,6 +150,7 @@ def create_app(config: Config) -> web.Application:
         svc = app[SERVICES] = Services(
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
             async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events, queues, topics,
+            FunctionUrls(db),
         )
         events.attach(svc)
         destinations.services = svc

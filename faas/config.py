@@ -42,6 +42,8 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True):
     sync_payload_bytes: int = 6291456
     async_payload_bytes: int = 1048576
     response_payload_bytes: int = 6291556
+    # A response streamed by InvokeWithResponseStream or a RESPONSE_STREAM function URL (Lambda: 20 MiB).
+    stream_response_bytes: int = 20971520
 
 
 class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -223,6 +223,7 @@ class Router:
             work_dir=str(self.work_dir),
             init_timeout_s=self.config.runtime.init_timeout,
             max_frame_bytes=self.config.limits.response_payload_bytes * 2 + 1024,
+            max_stream_bytes=self.config.limits.stream_response_bytes,
         )
         key = (fv.function_name, fv.version, fv.revision_id)
         env = function_environment(

@@ -25,6 +25,7 @@ from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
 from faas.store.mappings import Mappings
+from faas.store.urls import FunctionUrls
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 
@@ -51,6 +52,7 @@ class Services:
     events: EventBus
     queues: Queues
     topics: Topics
+    urls: FunctionUrls
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
