@@ -257,3 +257,45 @@ def test_stream_checkpoints_survive_sigkill(srv, tmp_path):
     for keys in by_shard.values():
         first_seen = list(dict.fromkeys(keys))
         assert first_seen == sorted(first_seen, key=int), "order per shard holds across the restart"
+
+
+TUMBLING = """
+import json, os
+def handler(event, context):
+    state = event.get("state") or {}
+    total = state.get("total", 0) + len(event["Records"])
+    with open(os.environ["OUT"], "a") as fh:
+        fh.write(json.dumps({"total": total, "window": event.get("window"), "shard": event.get("shardId"),
+                             "final": event.get("isFinalInvokeForWindow")}) + "\\n")
+    return {"state": {"total": total}}
+"""
+
+
+def test_stream_filters_and_tumbling_window(srv, tmp_path):
+    lam, kinesis = srv.client(), srv.client("kinesis")
+    name, out = consumer(lam, tmp_path)
+    arn = stream(kinesis, 1)
+    stream_name = arn.rsplit("/", 1)[1]
+    lam.create_event_source_mapping(
+        EventSourceArn=arn, FunctionName=name, StartingPosition="TRIM_HORIZON",
+        FilterCriteria={"Filters": [{"Pattern": json.dumps({"data": {"kind": ["keep"], "n": [{"numeric": [">", 1]}]}})}]},
+    )
+    records = [{"kind": "keep", "n": 5}, {"kind": "drop", "n": 5}, {"kind": "keep", "n": 0}, "not json"]
+    kinesis.put_records(StreamName=stream_name, Records=[
+        {"Data": (json.dumps(r) if isinstance(r, dict) else r).encode(), "PartitionKey": "k"} for r in records])
+    wait_for(lambda: seen(out), timeout=30)
+    kinesis.put_record(StreamName=stream_name, Data=json.dumps({"kind": "keep", "n": 9}).encode(), PartitionKey="k")
+    wait_for(lambda: len(seen(out)) >= 2, timeout=30)
+    assert [json.loads(r["item"])["n"] for r in seen(out)] == [5, 9]
+
+    tumbling_out = tmp_path / "tumbling.jsonl"
+    tumbler, _ = create_function(lam, TUMBLING, Environment={"Variables": {"OUT": str(tumbling_out)}})
+    second = stream(kinesis, 1)
+    lam.create_event_source_mapping(EventSourceArn=second, FunctionName=tumbler, StartingPosition="TRIM_HORIZON",
+                                    BatchSize=2, TumblingWindowInSeconds=60)
+    kinesis.put_records(StreamName=second.rsplit("/", 1)[1],
+                        Records=[{"Data": b"x", "PartitionKey": str(i)} for i in range(6)])
+    calls = wait_for(lambda: (rows := seen(tumbling_out)) and rows[-1]["total"] == 6 and rows, timeout=30)
+    assert [c["total"] for c in calls] == [2, 4, 6], "state passes from one invocation to the next"
+    assert calls[0]["window"]["start"] == calls[-1]["window"]["start"]
+    assert calls[0]["shard"] == "shardId-000000000000"
