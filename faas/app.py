@@ -20,6 +20,7 @@ import faas.api.tags  # noqa: F401
 import faas.api.versions  # noqa: F401
 import faas.services.autoscaling_api  # noqa: F401
 import faas.services.eventbridge_api  # noqa: F401
+import faas.services.cloudwatch_logs  # noqa: F401
 import faas.services.kinesis_api  # noqa: F401
 import faas.services.sns_api  # noqa: F401
 import faas.services.sqs_api  # noqa: F401
@@ -35,6 +36,7 @@ from faas.invoke.async_queue import AsyncQueue, AsyncSettings
 from faas.invoke.destinations import Destinations
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
+from faas.metrics import Metrics
 from faas.runtime.cgroups import MemoryCgroups
 from faas.runtime.pool import Limits, Pools
 from faas.runtime.sandbox import detect as detect_sandbox
@@ -53,6 +55,7 @@ from faas.store.code import CodeStore
 from faas.store.events import EventStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.logstore import LogSettings, LogStore
 from faas.store.mappings import Mappings
 from faas.store.urls import FunctionUrls
 from faas.store.provisioned import ConcurrencySettings
@@ -60,15 +63,18 @@ from faas.store.registry import Registry
 from faas.store.topics import TopicStore
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
-JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs"]
+JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs", "logs"]
 
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
+_LOGS: web.AppKey[LogStore] = web.AppKey("logs", LogStore)
 
 
 def create_app(config: Config) -> web.Application:
     # Function URL requests (by Host, or under /_faas/url/) are answered before the API's error middleware.
     app = web.Application(middlewares=[function_urls, aws_errors], client_max_size=config.limits.create_request_bytes)
+
+    metrics = Metrics()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = Database(config.data_path / "registry.db")
@@ -76,6 +82,21 @@ def create_app(config: Config) -> web.Application:
         app[_DATABASE] = db
         yield
         await db.close()
+
+    async def logs(app: web.Application) -> AsyncIterator[None]:
+        # Closed after the pools have drained, so the last invocations' logs are written.
+        lc = config.logs
+        store = LogStore(config.data_path / "logs.db", LogSettings(
+            retention_days=lc.retention_days, max_bytes=lc.max_bytes, flush_interval=lc.flush_interval,
+            flush_records=lc.flush_records, maintenance_interval=lc.maintenance_interval,
+            day_seconds=lc.day_seconds,
+        ))
+        await store.open()
+        store.start()
+        metrics.watch_logs(store)
+        app[_LOGS] = store
+        yield
+        await store.close(config.server.shutdown_timeout)
 
     async def zygotes(app: web.Application) -> AsyncIterator[None]:
         # Closed after the pools: stopping an instance waits for its exit status, which its zygote reports.
@@ -100,6 +121,7 @@ def create_app(config: Config) -> web.Application:
         pools.reserved = await ConcurrencySettings(app[_DATABASE]).reserved()
         pools.start()
         app[_POOLS] = pools
+        metrics.watch_pools(pools)
         yield
         await pools.close(config.server.shutdown_timeout)
 
@@ -114,7 +136,8 @@ def create_app(config: Config) -> web.Application:
         )
         interpreters = Interpreters(config.runtime.interpreters, python_fallback=config.runtime.python_fallback)
         sandbox = await asyncio.to_thread(detect_sandbox, config.runtime.sandbox, config.runtime.network)
-        router = Router(config, arns, registry, code, pools, interpreters, sandbox)
+        router = Router(config, arns, registry, code, pools, interpreters, sandbox, logs=app[_LOGS],
+                        metrics=metrics)
         concurrency = ConcurrencySettings(db)
         provisioner = Provisioner(router, pools, concurrency, config.runtime.provision_interval)
         async_events = AsyncEvents(db)
@@ -151,9 +174,11 @@ def create_app(config: Config) -> web.Application:
             config, arns, db, registry, code, interpreters, pools, router, Layers(db), concurrency, provisioner,
             async_events, async_queue, mappings, mapping_manager, streams, autoscaler, events, queues, topics,
             FunctionUrls(db),
+            logs=app[_LOGS], metrics=metrics,
         )
         events.attach(svc)
         destinations.services = svc
+        metrics.watch_async(async_events.depth)
         mapping_manager.svc = svc
         provisioner.start()
         await async_queue.begin()
@@ -181,8 +206,9 @@ def create_app(config: Config) -> web.Application:
             app[SERVICES].queues.stop_waiting()
 
     app.on_shutdown.append(end_long_polls)
-    app.cleanup_ctx.extend([database, zygotes, pools, services])
+    app.cleanup_ctx.extend([database, logs, zygotes, pools, services])
     add_server_routes(app)
+    app.router.add_get("/metrics", metrics.handle)
     JsonServices(JSON_SERVICES).add_routes(app)
     add_routes(app, load_service_model())
     return app

@@ -10,6 +10,7 @@ import sys
 
 from aiohttp import web
 
+from faas import cli_logs
 from faas.config import Config, load_config
 from faas.runtime.sandbox import SandboxUnavailable
 
@@ -78,9 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     p_serve.add_argument("--port", type=int, help="port to bind (default 9000; 0 picks a free one)")
     p_serve.add_argument("--data-dir", help="where the registry and code live (default ./.faas)")
     p_serve.add_argument("--config", help="a TOML file; see config.example.toml")
+    cli_logs.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "serve":
         _run_serve(args)
+    elif args.command == "logs":
+        sys.exit(cli_logs.run(args))
     else:  # pragma: no cover - argparse rejects unknown commands
         parser.print_help()
         sys.exit(2)

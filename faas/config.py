@@ -181,6 +181,20 @@ class SnsConfig(msgspec.Struct, forbid_unknown_fields=True):
     dispatch: bool = True
 
 
+class LogsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Days a log group keeps events when it has no retention policy (PutRetentionPolicy); 0: until the size cap.
+    retention_days: int = 0
+    # All stored events together (message bytes + 26 per event, as CloudWatch counts); the oldest go first.
+    max_bytes: int = 1073741824
+    # Logs are written in batches: every flush_interval seconds, or sooner when flush_records are waiting.
+    flush_interval: float = 0.1
+    flush_records: int = 256
+    # How often retention and the size cap are enforced.
+    maintenance_interval: float = 60.0
+    # Seconds in a retention day; tests set it small to see events expire.
+    day_seconds: float = 86400.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -188,6 +202,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     runtime: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     async_: AsyncConfig = msgspec.field(default_factory=AsyncConfig, name="async")
     mappings: MappingsConfig = msgspec.field(default_factory=MappingsConfig)
+    logs: LogsConfig = msgspec.field(default_factory=LogsConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     autoscaling: AutoscalingConfig = msgspec.field(default_factory=AutoscalingConfig)
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)

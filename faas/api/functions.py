@@ -390,6 +390,7 @@ async def delete_function(request: web.Request, p: dict[str, Any]) -> web.Respon
     if unused is None:
         raise function_not_found(svc.arns.function(ref.name))
     await svc.pools.retire(ref.name)
+    svc.metrics.forget(ref.name)
     for digest in unused:
         await svc.code.delete(digest)
     return empty_response(204)

@@ -16,14 +16,16 @@ from faas.errors import (
     function_not_found,
 )
 from faas.logs import invocation_log
+from faas.metrics import FunctionMetrics, Metrics
 from faas.runtime.instance import InitFailure, InstanceSpec, Outcome
-from faas.runtime.pool import PoolKey, Pools, Throttled
+from faas.runtime.pool import PoolKey, Pools, Throttled, log_stream_name
 from faas.runtime.protocol import InvokeFrame, single_line
 from faas.runtime.environment import Paths, function_environment
 from faas.runtime.sandbox import OPT_ROOT, RUNTIME_ROOT, TASK_ROOT, Sandbox
 from faas.runtime.spawner import WORKER_DIR, Interpreter, Interpreters, RuntimeUnavailable
 from faas.store.code import CodeStore
 from faas.store.layers import assemble_opt
+from faas.store.logstore import LogStore
 from faas.store.aliases import Alias
 from faas.store.records import FunctionVersion
 from faas.store.registry import Registry
@@ -71,7 +73,8 @@ StreamCallback = Callable[[bytes, str | None, str], Awaitable[None]]
 class Router:
     def __init__(
         self, config: Config, arns: Arns, registry: Registry, code: CodeStore, pools: Pools,
-        interpreters: Interpreters, sandbox: Sandbox | None = None,
+        interpreters: Interpreters, sandbox: Sandbox | None = None, *, logs: LogStore | None = None,
+        metrics: Metrics | None = None,
     ):
         self.config = config
         self.arns = arns
@@ -80,6 +83,8 @@ class Router:
         self.pools = pools
         self.interpreters = interpreters
         self.sandbox = sandbox or Sandbox()
+        self.logs = logs
+        self.metrics = metrics if metrics is not None else Metrics()
         self.work_dir = config.data_path / "instances"
         self._spins: dict[tuple[str, str], int] = {}
         self._prepared: dict[tuple[str, str, str, str], Prepared] = {}
@@ -122,13 +127,17 @@ class Router:
         prepared = await self.prepare(fv)
         key, spec, env, interpreter = prepared.key, prepared.spec, prepared.env, prepared.interpreter
         invoked_arn = self.arns.function(fv.function_name, req.qualifier)
+        fm = self.metrics.function(fv.function_name, fv.version)
         started = time.perf_counter()
         try:
             instance, cold = await self.pools.acquire(key, spec, env, req.qualifier)
         except Throttled as exc:
+            fm.throttled(exc.reason)
             raise TooManyRequestsException("Rate Exceeded.", Reason=exc.reason) from None
         except InitFailure as failure:
-            return self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
+            result = self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
+            self._observe(fv, fm, result, log_stream_name(fv.version), failure.init_ms)
+            return result
         frame = InvokeFrame(
             id=req.request_id,
             deadline_ms=int(time.time() * 1000) + cfg.timeout * 1000,
@@ -138,6 +147,7 @@ class Router:
             client_context=msgspec.Raw(single_line(req.client_context) if req.client_context else b"null"),
         )
         outcome: Outcome | None = None
+        fm.begin()
         try:
             if on_chunk is None or spec.protocol != "jsonl":
                 outcome = await instance.invoke(frame, float(cfg.timeout))
@@ -155,6 +165,7 @@ class Router:
                     "errorMessage": f"RequestId: {req.request_id} Error: Runtime exited with error: signal: killed",
                 })
         finally:
+            fm.end()
             await self.pools.release(key, instance, outcome is not None and outcome.reusable)
         payload, error_type = outcome.payload, outcome.error_type
         if error_type is None and len(payload) > self.config.limits.response_payload_bytes:
@@ -173,12 +184,22 @@ class Router:
             timed_out_after=float(cfg.timeout) if outcome.timed_out else None,
             status_error=error_type if error_type and error_type.startswith(("Runtime.", "Sandbox.")) else None,
         )
-        return InvokeResult(
+        result = InvokeResult(
             payload=payload, executed_version=fv.version,
             function_error="Unhandled" if error_type else None, error_type=error_type,
             log=log, duration_ms=outcome.duration_ms, cold=cold,
             content_type=outcome.content_type, streamed=outcome.streamed,
         )
+        self._observe(fv, fm, result, instance.log_stream, instance.init_ms if cold else None)
+        return result
+
+    def _observe(self, fv: FunctionVersion, fm: FunctionMetrics, result: InvokeResult, stream: str,
+                 init_ms: float | None) -> None:
+        """Metrics and the log sink: a few microseconds, nothing awaited."""
+        fm.invoked(result.duration_ms, result.cold, init_ms, result.error_type)
+        if self.logs is not None:
+            group = fv.config.logging.log_group or f"/aws/lambda/{fv.function_name}"
+            self.logs.record(fv.function_name, group, stream, result.log, time.time())
 
     async def prepare(self, fv: FunctionVersion, initialization: str = "on-demand") -> Prepared:
         """How instances of a version start: pool key, spec and environment. Cached: the key includes the

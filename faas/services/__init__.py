@@ -13,6 +13,7 @@ from faas.events.mappings import MappingManager
 from faas.invoke.async_queue import AsyncQueue
 from faas.invoke.provisioning import Provisioner
 from faas.invoke.router import Router
+from faas.metrics import Metrics
 from faas.runtime.pool import Pools
 from faas.runtime.spawner import Interpreters
 from faas.services.autoscaling import Autoscaler
@@ -24,6 +25,7 @@ from faas.store.async_events import AsyncEvents
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.layers import Layers
+from faas.store.logstore import LogStore
 from faas.store.mappings import Mappings
 from faas.store.urls import FunctionUrls
 from faas.store.provisioned import ConcurrencySettings
@@ -53,6 +55,8 @@ class Services:
     queues: Queues
     topics: Topics
     urls: FunctionUrls
+    logs: LogStore
+    metrics: Metrics
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
