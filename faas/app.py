@@ -15,20 +15,20 @@ import faas.api.invoke  # noqa: F401
 import faas.api.layers  # noqa: F401
 import faas.api.mappings  # noqa: F401
 import faas.api.streaming  # noqa: F401
-import faas.api.urls  # noqa: F401
 import faas.api.tags  # noqa: F401
+import faas.api.urls  # noqa: F401
 import faas.api.versions  # noqa: F401
 import faas.services.autoscaling_api  # noqa: F401
-import faas.services.eventbridge_api  # noqa: F401
 import faas.services.cloudwatch_logs  # noqa: F401
+import faas.services.eventbridge_api  # noqa: F401
 import faas.services.kinesis_api  # noqa: F401
 import faas.services.sns_api  # noqa: F401
 import faas.services.sqs_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
-from faas.api.url_invoke import function_urls
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
+from faas.api.url_invoke import function_urls
 from faas.arn import Arns
 from faas.config import Config
 from faas.events.mappings import MappingManager, PollSettings
@@ -52,15 +52,15 @@ from faas.services.topics import Topics, TopicSettings
 from faas.store.async_events import AsyncEvents
 from faas.store.autoscaling import AutoscalingStore
 from faas.store.code import CodeStore
-from faas.store.events import EventStore
 from faas.store.db import Database
+from faas.store.events import EventStore
 from faas.store.layers import Layers
 from faas.store.logstore import LogSettings, LogStore
 from faas.store.mappings import Mappings
-from faas.store.urls import FunctionUrls
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 from faas.store.topics import TopicStore
+from faas.store.urls import FunctionUrls
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
 JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs", "logs"]

@@ -99,6 +99,21 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
+@pytest.fixture
+def own_server(tmp_path):
+    """Start servers of the test's own (with FAAS_* settings as keyword arguments); stopped at teardown."""
+    servers: list[Server] = []
+
+    def start(**env) -> Server:
+        srv = Server(tmp_path / f"data{len(servers)}", env={k: str(v) for k, v in env.items()}).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
 @pytest.fixture(scope="session")
 def lam(server: Server):
     return server.client()

@@ -11,7 +11,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Server, create_function, make_zip, wait_for
+from conftest import create_function, make_zip, wait_for
 
 PROBE = """
 import json, os, time
@@ -39,20 +39,6 @@ def throttle_of(exc) -> tuple[int, str, str]:
 def pid_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    servers: list[Server] = []
-
-    def start(**env) -> Server:
-        srv = Server(tmp_path / f"data{len(servers)}", env={k: str(v) for k, v in env.items()}).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.stop()
 
 
 def test_reserved_concurrency(lam, tmp_path):

@@ -8,7 +8,6 @@ import os
 import re
 
 import pytest
-from botocore.exceptions import ClientError
 
 from conftest import create_function, unique, wait_for
 

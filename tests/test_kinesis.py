@@ -28,20 +28,6 @@ def kin(server: Server):
     client.close()
 
 
-@pytest.fixture
-def own_server(tmp_path):
-    servers: list[Server] = []
-
-    def start(**env) -> Server:
-        srv = Server(tmp_path / f"data{len(servers)}", env={k: str(v) for k, v in env.items()}).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.stop()
-
-
 def new_stream(kin, shards: int = 1, **kwargs) -> str:
     name = unique("stream")
     kin.create_stream(StreamName=name, ShardCount=shards, **kwargs)

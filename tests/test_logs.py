@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import REPO, Server, create_function, unique, wait_for
+from conftest import REPO, create_function, unique, wait_for
 from faas.services.cloudwatch_logs import PatternError, compile_filter
 from faas.store.logstore import LogSettings, LogStore, Matcher, NotFound, split_events
 
@@ -58,20 +58,6 @@ def logs(server):
     client = server.client("logs")
     yield client
     client.close()
-
-
-@pytest.fixture
-def own_server(tmp_path):
-    servers: list[Server] = []
-
-    def start(**env) -> Server:
-        srv = Server(tmp_path / f"data{len(servers)}", env={k: str(v) for k, v in env.items()}).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        srv.stop()
 
 
 # -- groups, streams and GetLogEvents --------------------------------------------------------------------

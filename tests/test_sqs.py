@@ -23,21 +23,6 @@ def sqs(server: Server):
     client.close()
 
 
-@pytest.fixture
-def own_server(tmp_path):
-    servers: list[Server] = []
-
-    def start(**env) -> Server:
-        srv = Server(tmp_path / f"data{len(servers)}", env={k: str(v) for k, v in env.items()}).start()
-        servers.append(srv)
-        return srv
-
-    yield start
-    for srv in servers:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.stop()
-
-
 def error_of(exc: pytest.ExceptionInfo) -> tuple[str, str]:
     err = exc.value.response["Error"]
     return err["Code"], err["Message"]

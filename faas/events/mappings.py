@@ -148,5 +148,5 @@ class MappingManager:
                 log.exception("could not start event source mapping %s", mapping.uuid)
 
     async def close(self) -> None:
-        for uuid in list(self._tasks):
-            await self._stop(uuid)
+        for mapping_id in list(self._tasks):
+            await self._stop(mapping_id)
