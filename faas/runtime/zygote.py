@@ -155,6 +155,7 @@ class _Zygote:
         self._ready: asyncio.Future[int] = self._loop.create_future()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[ForkedProcess]] = {}
+        self._send_lock = asyncio.Lock()
         self._children: dict[int, ForkedProcess] = {}
 
     async def start(self, timeout: float) -> None:
@@ -206,6 +207,12 @@ class _Zygote:
             self._pending.pop(request_id, None)
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
+        # One sender at a time: when the socket is full, waiters park on add_writer, and asyncio keeps a single
+        # writer callback per fd, so concurrent senders would overwrite each other's and wait forever.
+        async with self._send_lock:
+            await self._send_one(data, fds)
+
+    async def _send_one(self, data: bytes, fds: list[int]) -> None:
         while True:
             if self.dead or self._sock is None:
                 raise ZygoteUnavailable(f"zygote for {self.interpreter} is gone")
