@@ -4,6 +4,7 @@ driven directly (`Zygotes` on the test's event loop, the bootstrap spoken to ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import concurrent.futures
 import json
@@ -444,3 +445,21 @@ async def test_instance_forks_and_falls_back_to_exec(code_dir, tmp_path):
             assert (await instance.invoke(_frame("r2"), 5.0)).error_type is None
         finally:
             await instance.stop()
+
+
+async def test_many_concurrent_spawns_all_answer(code_dir):
+    """Enough simultaneous requests to fill the control socket: every one must be answered (senders once
+    overwrote each other's wait for the socket to drain, and the ones left behind hung)."""
+    async with Zygotes() as zygotes:
+        big = "y" * 4000  # large requests fill the socket's buffer sooner
+        workers = await asyncio.wait_for(
+            asyncio.gather(*(_spawn(zygotes, code_dir, EXTRA=big) for _ in range(150))), 60)
+        try:
+            assert len({w.proc.pid for w in workers}) == 150
+        finally:
+            for w in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.proc.pid, signal.SIGKILL)
+            await asyncio.gather(*(asyncio.wait_for(w.proc.wait(), 20) for w in workers), return_exceptions=True)
+            for w in workers:
+                w.close()
