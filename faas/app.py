@@ -115,6 +115,7 @@ def create_app(config: Config) -> web.Application:
             scale_burst=rt.scale_burst,
             scale_rate=rt.scale_rate,
             freeze=rt.freeze,
+            freeze_after=rt.freeze_after,
             queue_wait=rt.queue_wait,
             cgroups=await asyncio.to_thread(MemoryCgroups.detect) if rt.memory_limits else None,
         ))

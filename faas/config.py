@@ -53,8 +53,10 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     reap_interval: float = 5.0
     # Seconds after which an instance is recycled between invocations.
     max_lifetime: float = 14400.0
-    # Freeze idle instances (SIGSTOP on their process group) as Lambda freezes execution environments.
+    # Freeze idle instances (SIGSTOP on their process group) as Lambda freezes execution environments ...
     freeze: bool = True
+    # ... once they have been idle this many seconds (back-to-back invocations then cost no signals).
+    freeze_after: float = 0.05
     # Seconds an invocation of a short function may wait for a busy instance to come free before a new one
     # starts (only when twice its typical duration fits in it); 0 starts one at once, as Lambda does.
     queue_wait: float = 0.02

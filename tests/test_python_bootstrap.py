@@ -143,7 +143,10 @@ class Worker:
         os.write(self._in_w, json.dumps(frame, separators=(",", ":")).encode() + b"\n")
 
     def next_frame_raw(self, timeout=READ_TIMEOUT):
-        return self.frames.read_until(b"\n", timeout)
+        """The next frame's bytes, with the worker's memory report taken out (checked in test_rss_reported)."""
+        line = self.frames.read_until(b"\n", timeout)
+        self.last_rss = re.search(rb'"rss":(\d+)', line)
+        return re.sub(rb'"rss":\d+,|,"rss":\d+(?=\})', b"", line, count=1)
 
     def next_frame(self, timeout=READ_TIMEOUT):
         return json.loads(self.next_frame_raw(timeout))
@@ -782,7 +785,7 @@ def test_one_socket_for_both_directions(code_dir):
         frames = _Reader(ours.fileno())
         assert json.loads(frames.read_until(b"\n"))["t"] == "ready"
         ours.sendall(b'{"t":"invoke","id":"s-1","deadline_ms":0,"arn":"a","event":{"x":21}}\n')
-        assert frames.read_until(b"\n") == b'{"t":"result","id":"s-1","payload":42}\n'
+        assert re.sub(rb'"rss":\d+,', b"", frames.read_until(b"\n")) == b'{"t":"result","id":"s-1","payload":42}\n'
         ours.shutdown(socket.SHUT_WR)  # EOF on the worker's input
         assert proc.wait(timeout=READ_TIMEOUT) == 0
         assert _Reader(log_r).read_to_eof() == sentinel("init") + sentinel("s-1")
@@ -792,3 +795,10 @@ def test_one_socket_for_both_directions(code_dir):
             proc.wait()
         ours.close()
         os.close(log_r)
+
+
+def test_rss_reported(spawn):
+    worker = spawn(files={"app.py": "def handler(event, context):\n    return 1\n"})
+    worker.ready()
+    worker.invoke({})
+    assert worker.last_rss is not None and int(worker.last_rss.group(1)) > 1000, "peak RSS in kB"

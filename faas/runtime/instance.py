@@ -404,7 +404,7 @@ class Instance:
             return Outcome(msgspec.json.encode(error), "Runtime.ExitError", logs.take(), duration, 0,
                            reusable=False, **_sent(chunks))
         await logs.wait(1.0)
-        memory = _peak_rss_mb(pid)
+        memory = max(1, math.ceil(reply.rss / 1024)) if reply.rss else _peak_rss_mb(pid)
         self.last_used = time.monotonic()
         reusable = not reply.exiting
         if reply.t == "result":

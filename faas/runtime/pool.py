@@ -46,6 +46,7 @@ class _Meta:
     provisioned_for: str | None = None  # the qualifier whose provisioned concurrency this instance serves
     frozen: bool = False
     cgroup: Path | None = None  # its memory cgroup, where MemorySize is enforced
+    uses: int = 0  # bumped on every acquire, so a pending freeze knows the instance was taken again
 
 
 @dataclass
@@ -78,6 +79,9 @@ class Limits:
     scale_burst: int = 1000  # instances a function may add at once
     scale_rate: float = 100.0  # ... and per second after that
     freeze: bool = True
+    # Seconds an instance must stay idle before it is frozen: back-to-back invocations skip the two signals
+    # (and the scheduler work they cause) that freezing and thawing cost.
+    freeze_after: float = 0.05
     # When every instance is busy and invocations of the function are short (twice the typical duration fits
     # in this many seconds), wait that long for one to come free before starting another: on a small machine
     # a cold start costs more than a short wait, and starting one per burst only feeds a storm of them.
@@ -248,6 +252,7 @@ class Pools:
                 return found, False
             handed = await self._wait_for_release(pool)
             if handed is not None:
+                self._thaw(handed)  # not frozen: only marks it taken, so no pending freeze applies
                 pool.busy.add(handed)
                 pool.busy_since[handed] = time.monotonic()
                 return handed, False
@@ -277,7 +282,7 @@ class Pools:
         except BaseException:
             if future.done() and not future.cancelled():  # handed over, but this invocation is gone
                 handed = future.result()
-                self._freeze(handed)
+                self._freeze_later(handed)
                 pool.idle.append(handed)
             raise
         finally:
@@ -308,7 +313,7 @@ class Pools:
                     if not waiter.done():
                         waiter.set_result(instance)  # straight to a waiting invocation, still thawed
                         return
-            self._freeze(instance)
+            self._freeze_later(instance)
             if meta.provisioned_for is not None:
                 pool.provisioned.setdefault(meta.provisioned_for, []).append(instance)
             else:
@@ -367,8 +372,25 @@ class Pools:
             os.killpg(instance.proc.pid, signal.SIGSTOP)
             meta.frozen = True
 
+    def _freeze_later(self, instance: Instance) -> None:
+        meta = self._meta.get(instance)
+        if not self.limits.freeze or meta is None:
+            return
+        if self.limits.freeze_after <= 0:
+            self._freeze(instance)
+            return
+        uses = meta.uses
+        asyncio.get_running_loop().call_later(self.limits.freeze_after, self._freeze_if_idle, instance, uses)
+
+    def _freeze_if_idle(self, instance: Instance, uses: int) -> None:
+        meta = self._meta.get(instance)
+        if meta is not None and meta.uses == uses and not self._closing:
+            self._freeze(instance)
+
     def _thaw(self, instance: Instance) -> None:
         meta = self._meta.get(instance)
+        if meta is not None:
+            meta.uses += 1
         if instance.proc is None or (meta is not None and not meta.frozen):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -31,6 +31,8 @@ class WorkerFrame(msgspec.Struct, omit_defaults=True):
     error: dict[str, Any] | None = None
     # The worker ends after this reply (e.g. Node after an uncaught exception): do not reuse it.
     exiting: bool = False
+    # The worker's peak resident memory in kB (Python workers report it; others are read from /proc).
+    rss: int = 0
     data: bytes = b""  # a chunk's bytes (base64 in the JSON line)
     content_type: str | None = None
     streamed: bool = False  # on a result: the response went out as chunks; there is no payload
