@@ -61,6 +61,7 @@ from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry
 from faas.store.topics import TopicStore
 from faas.store.urls import FunctionUrls
+from faas.tracing import SpanExporter, Tracer, trace_file
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
 JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs", "logs"]
@@ -68,6 +69,7 @@ JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs
 _DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 _POOLS: web.AppKey[Pools] = web.AppKey("pools", Pools)
 _LOGS: web.AppKey[LogStore] = web.AppKey("logs", LogStore)
+_TRACER: web.AppKey[Tracer] = web.AppKey("tracer", Tracer)
 
 
 def create_app(config: Config) -> web.Application:
@@ -97,6 +99,22 @@ def create_app(config: Config) -> web.Application:
         app[_LOGS] = store
         yield
         await store.close(config.server.shutdown_timeout)
+
+    async def tracing(app: web.Application) -> AsyncIterator[None]:
+        # Closed after the pools have drained, so the last invocations' spans are exported.
+        tc = config.tracing
+        exporter = SpanExporter(
+            otlp_endpoint=tc.otlp_endpoint, file=trace_file(tc.file, config.data_path),
+            batch_interval=tc.batch_interval, region=config.account.region, account_id=config.account.account_id,
+        )
+        if not exporter.enabled:
+            app[_TRACER] = Tracer(None)
+            yield
+            return
+        exporter.start()
+        app[_TRACER] = Tracer(exporter)
+        yield
+        await exporter.close(config.server.shutdown_timeout)
 
     async def zygotes(app: web.Application) -> AsyncIterator[None]:
         # Closed after the pools: stopping an instance waits for its exit status, which its zygote reports.
@@ -138,7 +156,7 @@ def create_app(config: Config) -> web.Application:
         interpreters = Interpreters(config.runtime.interpreters, python_fallback=config.runtime.python_fallback)
         sandbox = await asyncio.to_thread(detect_sandbox, config.runtime.sandbox, config.runtime.network)
         router = Router(config, arns, registry, code, pools, interpreters, sandbox, logs=app[_LOGS],
-                        metrics=metrics)
+                        metrics=metrics, tracer=app[_TRACER])
         concurrency = ConcurrencySettings(db)
         provisioner = Provisioner(router, pools, concurrency, config.runtime.provision_interval)
         async_events = AsyncEvents(db)
@@ -207,7 +225,7 @@ def create_app(config: Config) -> web.Application:
             app[SERVICES].queues.stop_waiting()
 
     app.on_shutdown.append(end_long_polls)
-    app.cleanup_ctx.extend([database, logs, zygotes, pools, services])
+    app.cleanup_ctx.extend([database, logs, tracing, zygotes, pools, services])
     add_server_routes(app)
     app.router.add_get("/metrics", metrics.handle)
     JsonServices(JSON_SERVICES).add_routes(app)

@@ -197,6 +197,16 @@ class LogsConfig(msgspec.Struct, forbid_unknown_fields=True):
     day_seconds: float = 86400.0
 
 
+class TracingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # Traces of invocations (TracingConfig Mode=Active, or a caller's sampled X-Amzn-Trace-Id) as OpenTelemetry
+    # spans. An OTLP/HTTP collector's base URL (spans go to <url>/v1/traces); "" sends none.
+    otlp_endpoint: str = ""
+    # A file that receives the same OTLP/JSON, one export request a line; relative to the data dir; "": none.
+    file: str = ""
+    # Seconds finished spans wait before they are exported in one batch (sooner when a batch is full).
+    batch_interval: float = 1.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     account: AccountConfig = msgspec.field(default_factory=AccountConfig)
@@ -210,6 +220,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True):
     events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     queues: QueuesConfig = msgspec.field(default_factory=QueuesConfig)
     sns: SnsConfig = msgspec.field(default_factory=SnsConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     @property
     def data_path(self) -> Path:

@@ -29,6 +29,7 @@ from faas.store.logstore import LogStore
 from faas.store.aliases import Alias
 from faas.store.records import FunctionVersion
 from faas.store.registry import Registry
+from faas.tracing import Trace, Tracer
 
 
 _GOLDEN = 0.6180339887498949
@@ -74,7 +75,7 @@ class Router:
     def __init__(
         self, config: Config, arns: Arns, registry: Registry, code: CodeStore, pools: Pools,
         interpreters: Interpreters, sandbox: Sandbox | None = None, *, logs: LogStore | None = None,
-        metrics: Metrics | None = None,
+        metrics: Metrics | None = None, tracer: Tracer | None = None,
     ):
         self.config = config
         self.arns = arns
@@ -85,6 +86,7 @@ class Router:
         self.sandbox = sandbox or Sandbox()
         self.logs = logs
         self.metrics = metrics if metrics is not None else Metrics()
+        self.tracer = tracer if tracer is not None else Tracer(None)
         self.work_dir = config.data_path / "instances"
         self._spins: dict[tuple[str, str], int] = {}
         self._prepared: dict[tuple[str, str, str, str], Prepared] = {}
@@ -128,6 +130,7 @@ class Router:
         key, spec, env, interpreter = prepared.key, prepared.spec, prepared.env, prepared.interpreter
         invoked_arn = self.arns.function(fv.function_name, req.qualifier)
         fm = self.metrics.function(fv.function_name, fv.version)
+        trace = self.tracer.begin(cfg.tracing_mode, req.trace_id)
         started = time.perf_counter()
         try:
             instance, cold = await self.pools.acquire(key, spec, env, req.qualifier)
@@ -137,17 +140,23 @@ class Router:
         except InitFailure as failure:
             result = self._init_failed(req, fv, failure, (time.perf_counter() - started) * 1000)
             self._observe(fv, fm, result, log_stream_name(fv.version), failure.init_ms)
+            if trace is not None:
+                self._trace(trace, fv, req, invoked_arn, result, failure.init_ms)
             return result
+        if trace is not None:
+            trace.acquired()
         frame = InvokeFrame(
             id=req.request_id,
             deadline_ms=int(time.time() * 1000) + cfg.timeout * 1000,
             arn=invoked_arn,
             event=msgspec.Raw(single_line(req.payload) if req.payload else b"{}"),
-            trace_id=req.trace_id,
+            trace_id=trace.header if trace is not None else req.trace_id,
             client_context=msgspec.Raw(single_line(req.client_context) if req.client_context else b"null"),
         )
         outcome: Outcome | None = None
         fm.begin()
+        if trace is not None:
+            trace.invoking()
         try:
             if on_chunk is None or spec.protocol != "jsonl":
                 outcome = await instance.invoke(frame, float(cfg.timeout))
@@ -158,6 +167,8 @@ class Router:
                     await on_chunk(data, content_type, version)
 
                 outcome = await instance.invoke(frame, float(cfg.timeout), forward)
+            if trace is not None:
+                trace.invoked()
             if outcome.error_type == "Runtime.ExitError" and self.pools.out_of_memory(instance):
                 outcome.error_type = "Runtime.OutOfMemory"
                 outcome.payload = msgspec.json.encode({
@@ -191,7 +202,16 @@ class Router:
             content_type=outcome.content_type, streamed=outcome.streamed,
         )
         self._observe(fv, fm, result, instance.log_stream, instance.init_ms if cold else None)
+        if trace is not None:
+            self._trace(trace, fv, req, invoked_arn, result, instance.init_ms if cold else None)
         return result
+
+    def _trace(self, trace: Trace, fv: FunctionVersion, req: InvokeRequest, arn: str, result: InvokeResult,
+               init_ms: float | None) -> None:
+        self.tracer.finish(
+            trace, function=fv.function_name, version=fv.version, arn=arn, request_id=req.request_id,
+            cold=result.cold, init_ms=init_ms, error_type=result.error_type,
+        )
 
     def _observe(self, fv: FunctionVersion, fm: FunctionMetrics, result: InvokeResult, stream: str,
                  init_ms: float | None) -> None:
