@@ -332,3 +332,23 @@ def test_parallel_invocations_use_separate_processes(lam):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pids = list(pool.map(lambda _: json.loads(invoke(lam, name)[1]), range(4)))
     assert len(set(pids)) == 4
+
+
+def test_json_log_format(lam):
+    code = "import logging\nlog = logging.getLogger()\nlog.setLevel(logging.INFO)\n" \
+           "def handler(event, context):\n    log.info('hello %s', 'json')\n    return 1\n"
+    name, _ = create_function(lam, code, LoggingConfig={"LogFormat": "JSON"})
+    resp, _ = invoke(lam, name, LogType="Tail")
+    records = [json.loads(line) for line in log_of(resp).splitlines() if line.startswith("{")]
+    by_type = {r.get("type"): r for r in records if "type" in r}
+    request_id = resp["ResponseMetadata"]["RequestId"]
+    assert by_type["platform.start"]["record"] == {"requestId": request_id, "version": "$LATEST"}
+    assert by_type["platform.runtimeDone"]["record"]["status"] == "success"
+    report = by_type["platform.report"]["record"]
+    assert report["requestId"] == request_id and report["metrics"]["memorySizeMB"] == 128
+    assert "initDurationMs" in report["metrics"]
+    app = next(r for r in records if r.get("message") == "hello json")
+    assert app["level"] == "INFO" and app["requestId"] == request_id
+    assert "START RequestId" not in log_of(resp)
+    quiet, _ = create_function(lam, code, LoggingConfig={"LogFormat": "JSON", "SystemLogLevel": "WARN"})
+    assert "platform.report" not in log_of(invoke(lam, quiet, LogType="Tail")[0])

@@ -194,6 +194,7 @@ class Router:
             init_output=self._init_start(fv, interpreter) + instance.init_output if cold else b"",
             timed_out_after=float(cfg.timeout) if outcome.timed_out else None,
             status_error=error_type if error_type and error_type.startswith(("Runtime.", "Sandbox.")) else None,
+            json_format=cfg.logging.log_format == "JSON", system_level=cfg.logging.system_log_level,
         )
         result = InvokeResult(
             payload=payload, executed_version=fv.version,

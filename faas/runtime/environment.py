@@ -58,4 +58,5 @@ def function_environment(
     )
     if cfg.logging.application_log_level:
         env["AWS_LAMBDA_LOG_LEVEL"] = cfg.logging.application_log_level
+    env["AWS_LAMBDA_LOG_FORMAT"] = cfg.logging.log_format
     return env

@@ -364,8 +364,25 @@ class _LambdaLogHandler(logging.Handler):
             self.handleError(record)
 
 
+class _JsonFormatter(logging.Formatter):
+    """Lambda's JSON log format for application logs (LoggingConfig LogFormat=JSON)."""
+
+    def format(self, record):
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + ".%03dZ" % record.msecs
+        out = {"timestamp": stamp, "level": record.levelname, "message": record.getMessage(),
+               "logger": record.name, "requestId": getattr(record, "aws_request_id", "") or ""}
+        if record.exc_info and record.exc_info[0] is not None:
+            out["errorType"] = record.exc_info[0].__name__
+            out["errorMessage"] = str(record.exc_info[1])
+            out["stackTrace"] = traceback.format_tb(record.exc_info[2])
+        return json.dumps(out, default=str)
+
+
 def _install_logging():
-    formatter = logging.Formatter(_LOG_FORMAT, _LOG_DATEFMT)
+    if os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON":
+        formatter = _JsonFormatter()
+    else:
+        formatter = logging.Formatter(_LOG_FORMAT, _LOG_DATEFMT)
     formatter.converter = time.gmtime
     handler = _LambdaLogHandler()
     handler.setFormatter(formatter)
