@@ -161,8 +161,11 @@ class _LogCollector:
         return out
 
     async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._seen.wait(), timeout)
+        if self._seen.is_set():
+            return
+        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._seen.wait()
 
     async def wait_closed(self, timeout: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -352,21 +355,23 @@ class Instance:
         chunks: _Chunks | None = None
         reply: WorkerFrame | None = None
         try:
-            self._writer.write(encode_invoke(frame))
-            await asyncio.wait_for(self._writer.drain(), timeout_s)
-            line = await asyncio.wait_for(self._frames.readline(), max(0.0, timeout_s - (time.perf_counter() - started)))
-            reply = worker_frame_decoder.decode(line) if line else None
-            while reply is not None and reply.t == "chunk":
-                if chunks is None:
-                    spec = self.spec
-                    chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
-                if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
-                    await chunks.add(reply)
-                line = await asyncio.wait_for(
-                    self._frames.readline(), max(0.0, timeout_s - (time.perf_counter() - started))
-                )
+            # asyncio.timeout (a deadline on this task) rather than wait_for (a new task per await): this is the
+            # warm path, and each saved task is measurable.
+            async with asyncio.timeout(timeout_s):
+                self._writer.write(encode_invoke(frame))
+                if self._writer.transport.get_write_buffer_size():
+                    await self._writer.drain()
+                line = await self._frames.readline()
                 reply = worker_frame_decoder.decode(line) if line else None
-        except asyncio.TimeoutError:
+                while reply is not None and reply.t == "chunk":
+                    if chunks is None:
+                        spec = self.spec
+                        chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
+                    if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
+                        await chunks.add(reply)
+                    line = await self._frames.readline()
+                    reply = worker_frame_decoder.decode(line) if line else None
+        except (asyncio.TimeoutError, TimeoutError):
             duration = (time.perf_counter() - started) * 1000
             memory = _peak_rss_mb(self.proc.pid) if self.proc else 0
             await self._kill()
