@@ -12,8 +12,6 @@ import io
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,17 +21,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
+from serve import start_server
 
 
 def main() -> None:

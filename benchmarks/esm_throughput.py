@@ -13,8 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
+from serve import start_server
 
 COUNTER = """
 import json, os, time
@@ -35,17 +35,6 @@ def handler(event, context):
     with open(os.environ["OUT"], "a") as fh:
         fh.write(json.dumps({"n": len(records), "lag": now - min(arrivals), "t": now}) + "\\n")
 """
-
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "FAAS_MAPPINGS__IDLE_POLL": "0.05"}
-    proc = subprocess.Popen([sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
 
 
 def wait_total(out: Path, total: int, timeout: float = 300) -> list[dict]:
@@ -64,7 +53,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=5000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as data_dir:
-        proc, url = start_server(data_dir)
+        proc, url = start_server(data_dir, FAAS_MAPPINGS__IDLE_POLL="0.05")
         try:
             kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
                       config=Config(retries={"max_attempts": 1}))

@@ -23,8 +23,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -33,22 +31,9 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
+from serve import start_server
+
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
-
-
-def start_server(data_dir: str, spawner: str | None = None) -> tuple[subprocess.Popen[str], str]:
-    env = dict(os.environ)
-    if spawner:
-        env["FAAS_RUNTIME__SPAWNER"] = f'"{spawner}"'
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -65,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as data_dir:
-        proc, url = start_server(data_dir, args.spawner)
+        proc, url = start_server(data_dir, **({"FAAS_RUNTIME__SPAWNER": f'"{args.spawner}"'} if args.spawner else {}))
         try:
             lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
                                aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}))

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ import aiohttp
 import boto3
 from botocore.config import Config
 
+from serve import start_server
+
 QUIET = "def handler(event, context):\n    return 1\n"
 CHATTY = (
     "def handler(event, context):\n"
@@ -34,17 +35,6 @@ CHATTY = (
     "        print('processing item', i, 'of request', context.aws_request_id)\n"
     "    return 1\n"
 )
-
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "FAAS_ACCOUNT__MEMORY_BUDGET_MB": "65536"}
-    proc = subprocess.Popen([sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,7 +86,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=10)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(os.path.join(tmp, "data"))
+        proc, url = start_server(os.path.join(tmp, "data"), FAAS_ACCOUNT__MEMORY_BUDGET_MB="65536")
         try:
             lam = boto3.client("lambda", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x",
                                aws_secret_access_key="x", config=Config(retries={"max_attempts": 1}))

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,17 +23,7 @@ from collections.abc import Callable
 import boto3
 from botocore.config import Config
 
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
+from serve import start_server
 
 
 def timed(limit: float, total: int, step: Callable[[], int]) -> tuple[int, float]:

@@ -23,8 +23,6 @@ import io
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -34,19 +32,9 @@ import aiohttp
 import boto3
 from botocore.config import Config
 
+from serve import start_server
+
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
-
-
-def start_server(data_dir: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "faas", "serve", "--port", "0", "--data-dir", data_dir],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("faas listening on "):
-            return proc, line.split()[3]
-    raise RuntimeError("server did not start")
 
 
 def percentile(values: list[float], p: float) -> float:
