@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -33,11 +32,11 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
-import msgspec
 from aio_pika.abc import AbstractIncomingMessage
 
 from faas.errors import LambdaError
 from faas.events.mappings import MappingManager, Source
+from faas.events.sources.batching import decoded_for_filter, gather
 from faas.store.mappings import Mapping
 
 log = logging.getLogger(__name__)
@@ -99,53 +98,6 @@ def basic_properties(m: AbstractIncomingMessage) -> dict[str, Any]:
     }
 
 
-def data_for_filter(data: bytes) -> Any:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        pass
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode()
-
-
-async def _next(inbox: asyncio.Queue[Any], lost: asyncio.Future[Any], timeout: float | None) -> Any:
-    """The next item, or None after `timeout`; raises once `lost` is done (the broker requeues whatever was not
-    acknowledged, so nothing already received is worth handling)."""
-    if not lost.done():
-        getter = asyncio.ensure_future(inbox.get())
-        try:
-            await asyncio.wait({getter, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            getter.cancel()  # a no-op once it has its item; Queue.get keeps the item when cancelled earlier
-        if not lost.done() and getter.done() and not getter.cancelled():
-            return getter.result()
-    if lost.done():
-        lost.result()
-        raise ConnectionError("the broker connection closed")
-    return None
-
-
-async def gather(inbox: asyncio.Queue[Any], lost: asyncio.Future[Any], size: int, window: float) -> list[Any]:
-    """Up to `size` items: waits for the first, then takes what is already waiting (window 0) or what arrives
-    until `window` seconds after the first one."""
-    batch = [await _next(inbox, lost, None)]
-    deadline = time.monotonic() + window
-    while len(batch) < size:
-        if not inbox.empty():
-            batch.append(inbox.get_nowait())
-            continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        item = await _next(inbox, lost, remaining)
-        if item is None:
-            break
-        batch.append(item)
-    return batch
-
-
 class AmqpSource(Source):
     """One connection and channel per mapping, one consumer per queue; batches are handled one at a time."""
 
@@ -204,7 +156,8 @@ class AmqpSource(Source):
                 await queue.consume(arrived, no_ack=False)
             self._delay = self.settings.retry_delay
             while True:
-                batch = await gather(inbox, lost, max(1, config.batch_size), config.window)
+                batch = await gather(inbox, lost, max(1, config.batch_size), config.window,
+                                     lambda: ConnectionError("the broker connection closed"))
                 await self._deliver(batch)
         finally:
             if lost.done() and not lost.cancelled():
@@ -219,7 +172,7 @@ class AmqpSource(Source):
         for key, m in batch:
             record = {"basicProperties": basic_properties(m), "redelivered": bool(m.redelivered),
                       "data": base64.b64encode(m.body).decode()}
-            if self.passes({**record, "data": data_for_filter(m.body)}):
+            if self.passes({**record, "data": decoded_for_filter(m.body)}):
                 by_queue.setdefault(key, []).append(record)
                 keep.append(m)
             else:

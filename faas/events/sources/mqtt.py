@@ -39,6 +39,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from faas.errors import LambdaError
 from faas.events.mappings import MappingManager, Source
+from faas.events.sources.batching import decoded_for_filter, gather
 from faas.store.mappings import Mapping
 
 log = logging.getLogger(__name__)
@@ -75,53 +76,6 @@ def payload_bytes(payload: Any) -> bytes:
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
     return b"" if payload is None else str(payload).encode()
-
-
-def payload_for_filter(data: bytes) -> Any:
-    try:
-        return msgspec.json.decode(data)
-    except msgspec.DecodeError:
-        pass
-    try:
-        return data.decode()
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode()
-
-
-async def _next(inbox: asyncio.Queue[Any], lost: asyncio.Future[Any], timeout: float | None) -> Any:
-    """The next item, or None after `timeout`; raises what ended the connection once `lost` is done (what was
-    not acknowledged is redelivered on the next one, so nothing already received is worth handling)."""
-    if not lost.done():
-        getter = asyncio.ensure_future(inbox.get())
-        try:
-            await asyncio.wait({getter, lost}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            getter.cancel()  # a no-op once it has its item; Queue.get keeps the item when cancelled earlier
-        if not lost.done() and getter.done() and not getter.cancelled():
-            return getter.result()
-    if lost.done():
-        lost.result()
-        raise aiomqtt.MqttError("Disconnected from the broker")
-    return None
-
-
-async def gather(inbox: asyncio.Queue[Any], lost: asyncio.Future[Any], size: int, window: float) -> list[Any]:
-    """Up to `size` items: waits for the first, then takes what is already waiting (window 0) or what arrives
-    until `window` seconds after the first one."""
-    batch = [await _next(inbox, lost, None)]
-    deadline = time.monotonic() + window
-    while len(batch) < size:
-        if not inbox.empty():
-            batch.append(inbox.get_nowait())
-            continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        item = await _next(inbox, lost, remaining)
-        if item is None:
-            break
-        batch.append(item)
-    return batch
 
 
 class _Received(msgspec.Struct):
@@ -200,7 +154,8 @@ class MqttSource(Source):
         config = self.mapping.config
         try:
             while True:
-                batch = await gather(inbox, pumping, max(1, config.batch_size), config.window)
+                batch = await gather(inbox, pumping, max(1, config.batch_size), config.window,
+                                     lambda: aiomqtt.MqttError("Disconnected from the broker"))
                 await self._deliver(client, batch)
         finally:
             pumping.cancel()
@@ -216,7 +171,7 @@ class MqttSource(Source):
                 "topic": str(m.topic), "payload": base64.b64encode(data).decode(), "qos": m.qos,
                 "retain": bool(m.retain), "timestamp": item.at_ms,
             }
-            if self.passes({**record, "payload": payload_for_filter(data)}):
+            if self.passes({**record, "payload": decoded_for_filter(data)}):
                 records.append(record)
         if records:
             await self._invoke_until_handled({"eventSource": "faas:mqtt", "eventSourceArn": self.arn,
