@@ -299,3 +299,23 @@ def test_stream_filters_and_tumbling_window(srv, tmp_path):
     assert [c["total"] for c in calls] == [2, 4, 6], "state passes from one invocation to the next"
     assert calls[0]["window"]["start"] == calls[-1]["window"]["start"]
     assert calls[0]["shard"] == "shardId-000000000000"
+
+
+def test_stream_parallelization_keeps_order_per_key(srv, tmp_path):
+    lam, kinesis = srv.client(), srv.client("kinesis")
+    name, out = consumer(lam, tmp_path)
+    arn = stream(kinesis, 1)
+    mapping = lam.create_event_source_mapping(EventSourceArn=arn, FunctionName=name, StartingPosition="TRIM_HORIZON",
+                                              BatchSize=50, ParallelizationFactor=4)
+    assert mapping["ParallelizationFactor"] == 4
+    sent = [(f"key-{i % 5}", f"key-{i % 5}:{i}") for i in range(60)]
+    kinesis.put_records(StreamName=arn.rsplit("/", 1)[1],
+                        Records=[{"Data": data.encode(), "PartitionKey": key} for key, data in sent])
+    wait_for(lambda: len(seen(out)) >= 60, timeout=30)
+    got: dict[str, list[str]] = defaultdict(list)
+    for r in seen(out):
+        got[r["item"].split(":")[0]].append(r["item"])
+    expected: dict[str, list[str]] = defaultdict(list)
+    for key, data in sent:
+        expected[key].append(data)
+    assert dict(got) == dict(expected), "every record once, in order per partition key"
