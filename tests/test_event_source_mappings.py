@@ -319,3 +319,32 @@ def test_stream_parallelization_keeps_order_per_key(srv, tmp_path):
     for key, data in sent:
         expected[key].append(data)
     assert dict(got) == dict(expected), "every record once, in order per partition key"
+
+
+SLOW = """
+import json, os, time
+def handler(event, context):
+    began = time.time()
+    time.sleep(0.3)
+    with open(os.environ["OUT"], "a") as fh:
+        fh.write(json.dumps({"began": began, "ended": time.time(), "n": len(event["Records"])}) + "\\n")
+"""
+
+
+def test_queue_pollers_scale_with_backlog_up_to_maximum_concurrency(srv, tmp_path):
+    lam, sqs = srv.client(), srv.client("sqs")
+    out = tmp_path / "slow.jsonl"
+    name, _ = create_function(lam, SLOW, Environment={"Variables": {"OUT": str(out)}})
+    url, arn = queue(sqs)
+    for start in range(0, 30, 10):
+        sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"}
+                                                      for i in range(start, start + 10)])
+    lam.create_event_source_mapping(EventSourceArn=arn, FunctionName=name, BatchSize=1,
+                                    ScalingConfig={"MaximumConcurrency": 3})
+    rows = wait_for(lambda: (r := seen(out)) and sum(x["n"] for x in r) >= 30 and r, timeout=60)
+    edges = sorted([(r["began"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    assert 2 <= peak <= 3, f"concurrent invocations peaked at {peak}"
