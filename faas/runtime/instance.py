@@ -139,17 +139,16 @@ def _peak_rss_mb(pid: int) -> int:
     return 0
 
 
-class _LogCollector:
-    """Reads the log pipe, splitting the output at the worker's sentinels."""
+class _Splitter:
+    """Splits the log pipe's bytes at the worker's sentinels; what came before a request's sentinel is its
+    output (`take()`), and `wait()` returns once the sentinel has been seen."""
 
-    def __init__(self, reader: asyncio.StreamReader):
-        self._reader = reader
+    def __init__(self) -> None:
         self._pending = bytearray()
         self.current = bytearray()
         self._expect: bytes | None = None
         self._seen = asyncio.Event()
         self.closed = asyncio.Event()
-        self.task = asyncio.create_task(self._run())
 
     def expect(self, request_id: str) -> None:
         self._expect = SENTINEL_MARK + request_id.encode() + SENTINEL_MARK
@@ -171,16 +170,15 @@ class _LogCollector:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.closed.wait(), timeout)
 
-    async def _run(self) -> None:
-        try:
-            while chunk := await self._reader.read(_LOG_CHUNK):
-                self._pending += chunk
-                self._scan()
-        finally:
-            self.current += self._pending
-            self._pending.clear()
-            self.closed.set()
-            self._seen.set()
+    def _feed(self, chunk: bytes) -> None:
+        self._pending += chunk
+        self._scan()
+
+    def _finish(self) -> None:
+        self.current += self._pending
+        self._pending.clear()
+        self.closed.set()
+        self._seen.set()
 
     def _scan(self) -> None:
         buf = self._pending
@@ -202,6 +200,47 @@ class _LogCollector:
                 return  # maybe a sentinel cut in two; wait for the rest
             self.current += buf[:1]  # a mark that starts no sentinel is the function's own output
             del buf[:1]
+
+
+class _LogCollector(_Splitter):
+    """Reads a log pipe through a StreamReader, in a task of its own."""
+
+    def __init__(self, reader: asyncio.StreamReader):
+        super().__init__()
+        self._reader = reader
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while chunk := await self._reader.read(_LOG_CHUNK):
+                self._feed(chunk)
+        finally:
+            self._finish()
+
+
+class _LogProtocol(_Splitter, asyncio.Protocol):
+    """The log pipe's protocol: output is split as it arrives, with no task between the pipe and the waiting
+    invocation (one fewer wake-up on every warm invoke)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+
+    def eof_received(self) -> None:
+        self._finish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _sent(chunks: _Chunks | None) -> dict:
@@ -231,7 +270,7 @@ class Instance:
         self.started_at = time.monotonic()
         self._frames: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._logs: _LogCollector | None = None
+        self._logs: _LogProtocol | None = None
         self._tmp: Path | None = None
         self._dead = False
         self.init_output = b""
@@ -263,11 +302,7 @@ class Instance:
             launched = await self._launch(functools.partial(self._exec, full_env))
         server_sock, log_r = launched
         loop = asyncio.get_running_loop()
-        log_reader = asyncio.StreamReader(limit=_LOG_CHUNK * 4)
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(log_reader), os.fdopen(log_r, "rb", buffering=0)
-        )
-        self._logs = _LogCollector(log_reader)
+        _, self._logs = await loop.connect_read_pipe(_LogProtocol, os.fdopen(log_r, "rb", buffering=0))
         self._logs.expect(INIT_ID)
         self._frames, self._writer = await asyncio.open_unix_connection(
             sock=server_sock, limit=spec.max_frame_bytes
@@ -424,7 +459,7 @@ class Instance:
         return Outcome(msgspec.json.encode(error), str(error.get("errorType") or "Unhandled"), logs.take(),
                        duration, memory, reusable=reusable, **_sent(chunks))
 
-    def _too_large(self, logs: _LogCollector, duration: float, limit: int | None = None,
+    def _too_large(self, logs: _Splitter, duration: float, limit: int | None = None,
                    chunks: _Chunks | None = None) -> Outcome:
         self._dead = True
         error = {
@@ -456,7 +491,7 @@ class Instance:
         await self._kill()
         if self._logs is not None:
             await self._logs.wait_closed(1.0)
-            self._logs.task.cancel()
+            self._logs.close()
         if self._tmp is not None:
             await asyncio.to_thread(shutil.rmtree, self._tmp, True)
             self._tmp = None
