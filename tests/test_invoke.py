@@ -147,6 +147,7 @@ def test_log_tail(lam):
     assert report, log
     assert int(report.group(3)) > 0
     assert "init line" in log and "INIT_START Runtime Version: python:3.11" in log
+    assert "\x1e" not in log, "no sentinel bytes leak into the output"
     assert log.index("hello from") < log.index("END RequestId")
     warm, _ = invoke(lam, name, b'{"who": "again"}', LogType="Tail")
     warm_log = log_of(warm)

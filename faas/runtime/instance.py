@@ -222,9 +222,11 @@ class _LogProtocol(_Splitter, asyncio.Protocol):
     """The log pipe's protocol: output is split as it arrives, with no task between the pipe and the waiting
     invocation (one fewer wake-up on every warm invoke)."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_id: str) -> None:
         super().__init__()
         self.transport: asyncio.BaseTransport | None = None
+        # Expected from the start: output (and the sentinel) may arrive before connect_read_pipe returns.
+        self.expect(first_id)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -302,8 +304,9 @@ class Instance:
             launched = await self._launch(functools.partial(self._exec, full_env))
         server_sock, log_r = launched
         loop = asyncio.get_running_loop()
-        _, self._logs = await loop.connect_read_pipe(_LogProtocol, os.fdopen(log_r, "rb", buffering=0))
-        self._logs.expect(INIT_ID)
+        _, self._logs = await loop.connect_read_pipe(
+            lambda: _LogProtocol(INIT_ID), os.fdopen(log_r, "rb", buffering=0)
+        )
         self._frames, self._writer = await asyncio.open_unix_connection(
             sock=server_sock, limit=spec.max_frame_bytes
         )
