@@ -301,8 +301,9 @@ def test_target_tracking_follows_load(fast_server):
         stop.set()
         for t in threads:
             t.join()
-    wait_for(lambda: requested(lam, name) == 1, timeout=15)
-    wait_for(lambda: all(a["StatusCode"] == "Successful" for a in activities(aas, name)), timeout=15)
+    # Deadlines, not sleeps: generous, since a loaded CI machine slows provisioning.
+    wait_for(lambda: requested(lam, name) == 1, timeout=30)
+    wait_for(lambda: all(a["StatusCode"] == "Successful" for a in activities(aas, name)), timeout=30)
 
     history = activities(aas, name)[::-1]
     steps = [int(re.fullmatch(r"Setting desired concurrency to (\d+)\.", a["Description"])[1]) for a in history]
