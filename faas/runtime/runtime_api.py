@@ -541,19 +541,21 @@ class RuntimeApiInstance:
                           f"Exceeded maximum allowed payload size ({self._response_limit} bytes).")
 
     async def _on_response(self, request: web.Request) -> web.StreamResponse:
-        call, refusal = self._call_for(request)
-        if call is None:
-            return refusal  # type: ignore[return-value]
-        body = await self._read_body(request)
-        if call.result.done():
-            return _api_error(400, "InvalidStateTransition", "The invocation has already ended")
-        if body is None:
-            _resolve(call.result, ("too_large", b"", None))
-            return self._too_large()
-        _resolve(call.result, ("response", body, None))
-        return _accepted()
+        return await self._end_call(request, lambda body: ("response", body, None))
 
     async def _on_error(self, request: web.Request) -> web.StreamResponse:
+        def error(body: bytes) -> tuple[str, bytes, str | None]:
+            obj, error_type = _decode_error(body, request.headers.get(ERROR_TYPE_HEADER))
+            payload = body if obj is not None else _encode(_error_fallback(body, error_type))
+            return "error", payload, error_type
+
+        return await self._end_call(request, error)
+
+    async def _end_call(
+        self, request: web.Request, outcome: Callable[[bytes], tuple[str, bytes, str | None]]
+    ) -> web.StreamResponse:
+        """What a response and an error POST share: find the invocation, read the body within the limit,
+        and resolve the invocation with `outcome(body)`."""
         call, refusal = self._call_for(request)
         if call is None:
             return refusal  # type: ignore[return-value]
@@ -563,9 +565,7 @@ class RuntimeApiInstance:
         if body is None:
             _resolve(call.result, ("too_large", b"", None))
             return self._too_large()
-        obj, error_type = _decode_error(body, request.headers.get(ERROR_TYPE_HEADER))
-        payload = body if obj is not None else _encode(_error_fallback(body, error_type))
-        _resolve(call.result, ("error", payload, error_type))
+        _resolve(call.result, outcome(body))
         return _accepted()
 
     async def _on_init_error(self, request: web.Request) -> web.StreamResponse:
