@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import Server, create_function, wait_for
-from faas.invoke.provisioning import Status
+from faas.invoke.provisioning import Status, check_provisioned
 from faas.services.autoscaling import Autoscaler, Schedule
 from faas.store.autoscaling import Alarm, AutoscalingStore, ScalableTarget, ScalingPolicy, TargetKey, TargetTracking
 from faas.store.code import CodePackage
@@ -399,8 +399,13 @@ class FakePools:
 class InstantProvisioner:
     """Provisions at once: the requested instances are READY when the next pass looks."""
 
-    def __init__(self, pools: FakePools) -> None:
+    def __init__(self, pools: FakePools, registry: Registry, settings: ConcurrencySettings) -> None:
         self.pools = pools
+        self.registry = registry
+        self.settings = settings
+
+    async def check(self, name: str, qualifier: str, value: int, minimum_unreserved: int) -> None:
+        await check_provisioned(self.registry, self.settings, self.pools, name, qualifier, value, minimum_unreserved)
 
     def changed(self, name: str, qualifier: str, requested: int | None) -> None:
         self.pools.allocated = requested or 0
@@ -417,7 +422,8 @@ async def scaler(tmp_path):
     await registry.create_function("fn", FunctionConfig(role="r"), CodePackage("0" * 64, 1, 1), {}, "Active")
     await registry.publish_version("fn", description=None, code_sha256_b64=None, revision_id=None)
     pools = FakePools()
-    autoscaler = Autoscaler(AutoscalingStore(db), registry, ConcurrencySettings(db), InstantProvisioner(pools),
+    autoscaler = Autoscaler(AutoscalingStore(db), registry, ConcurrencySettings(db),
+                            InstantProvisioner(pools, registry, ConcurrencySettings(db)),
                             pools, minimum_unreserved=100, interval=1, sample_interval=1, window=10)
     yield autoscaler, pools
     await autoscaler.close()

@@ -13,7 +13,6 @@ from faas.arn import LATEST
 from faas.errors import (
     InvalidParameterValueException,
     ProvisionedConcurrencyConfigNotFoundException,
-    ResourceConflictException,
     ResourceNotFoundException,
     function_not_found,
 )
@@ -124,48 +123,11 @@ async def put_provisioned(request: web.Request, p: dict[str, Any]) -> web.Respon
         svc, p, "Provisioned Concurrency Configs cannot be applied to unpublished function versions."
     )
     value = p["ProvisionedConcurrentExecutions"]
-    account = svc.config.account
-    reserved = svc.pools.reserved.get(name)
-    others = [s for s in await svc.concurrency.provisioned(name) if s.qualifier != qualifier]
-    if reserved is not None and value + sum(s.requested for s in others) > reserved:
-        raise InvalidParameterValueException(
-            "Requested Provisioned Concurrency should not be greater than the reservedConcurrentExecution for function"
-        )
-    unreserved = svc.pools.unreserved_limit()
-    if reserved is None and value > unreserved:
-        raise InvalidParameterValueException(
-            f"Specified ConcurrentExecutions for function is greater than account's unreserved concurrency "
-            f"[{unreserved}].", body_type=None,
-        )
-    if reserved is None and unreserved - value < account.minimum_unreserved:
-        raise InvalidParameterValueException(
-            "Specified ConcurrentExecutions for function decreases account's UnreservedConcurrentExecution below "
-            f"its minimum value of [{account.minimum_unreserved}].", body_type=None,
-        )
-    await _check_alias_overlap(svc, name, qualifier, others)
+    await svc.provisioner.check(name, qualifier, value, svc.config.account.minimum_unreserved)
     setting = ProvisionedSetting(name, qualifier, value, aws_timestamp())
     await svc.concurrency.put_provisioned(setting)
     svc.provisioner.changed(name, qualifier, value)
     return json_response(_config_shape(svc, setting), status=202)
-
-
-async def _check_alias_overlap(svc: Services, name: str, qualifier: str, others: list[ProvisionedSetting]) -> None:
-    """A version and an alias pointing at it cannot both carry provisioned concurrency."""
-    async def version_of(q: str) -> str:
-        if q.isdigit():
-            return q
-        alias = await svc.registry.aliases.get(name, q)
-        return alias.function_version if alias else ""
-
-    mine = await version_of(qualifier)
-    for other in others:
-        if await version_of(other.qualifier) != mine:
-            continue
-        if qualifier.isdigit():
-            raise ResourceConflictException("Version is pointed by a Provisioned Concurrency alias")
-        raise ResourceConflictException(
-            "Alias can't be used for Provisioned Concurrency configuration on an already Provisioned version"
-        )
 
 
 @operation("GetProvisionedConcurrencyConfig")

@@ -8,11 +8,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-from faas.errors import LambdaError
+from faas.errors import InvalidParameterValueException, LambdaError, ResourceConflictException
 from faas.invoke.router import Router
 from faas.runtime.instance import InitFailure
 from faas.runtime.pool import Pools
 from faas.store.provisioned import ConcurrencySettings, ProvisionedSetting
+from faas.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Provisioner:
         else:
             self._status.pop((name, qualifier), None)
         self._wake.set()
+
+    async def check(self, name: str, qualifier: str, value: int, minimum_unreserved: int) -> None:
+        await check_provisioned(self.router.registry, self.settings, self.pools, name, qualifier, value,
+                                minimum_unreserved)
 
     def poke(self) -> None:
         """Something a setting depends on changed (an alias moved): reconcile soon."""
@@ -109,3 +114,44 @@ class Provisioner:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+async def check_provisioned(registry: Registry, settings: ConcurrencySettings, pools: Pools, name: str, qualifier: str,
+                            value: int, minimum_unreserved: int) -> None:
+    """What PutProvisionedConcurrencyConfig refuses (the API and the autoscaler both ask): more than the
+    function's reserved concurrency, too little left unreserved, or a version and an alias pointing at it
+    both provisioned."""
+    reserved = pools.reserved.get(name)
+    others = [s for s in await settings.provisioned(name) if s.qualifier != qualifier]
+    if reserved is not None and value + sum(s.requested for s in others) > reserved:
+        raise InvalidParameterValueException(
+            "Requested Provisioned Concurrency should not be greater than the reservedConcurrentExecution for "
+            "function"
+        )
+    unreserved = pools.unreserved_limit()
+    if reserved is None and value > unreserved:
+        raise InvalidParameterValueException(
+            f"Specified ConcurrentExecutions for function is greater than account's unreserved concurrency "
+            f"[{unreserved}].", body_type=None,
+        )
+    if reserved is None and unreserved - value < minimum_unreserved:
+        raise InvalidParameterValueException(
+            "Specified ConcurrentExecutions for function decreases account's UnreservedConcurrentExecution "
+            f"below its minimum value of [{minimum_unreserved}].", body_type=None,
+        )
+    mine = await _version_of(registry, name, qualifier)
+    for other in others:
+        if await _version_of(registry, name, other.qualifier) != mine:
+            continue
+        if qualifier.isdigit():
+            raise ResourceConflictException("Version is pointed by a Provisioned Concurrency alias")
+        raise ResourceConflictException(
+            "Alias can't be used for Provisioned Concurrency configuration on an already Provisioned version"
+        )
+
+
+async def _version_of(registry: Registry, name: str, qualifier: str) -> str:
+    if qualifier.isdigit():
+        return qualifier
+    alias = await registry.aliases.get(name, qualifier)
+    return alias.function_version if alias else ""

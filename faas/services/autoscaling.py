@@ -451,28 +451,7 @@ class Autoscaler:
             exists = await self.registry.aliases.get(name, qualifier) is not None
         if not exists:
             raise LambdaError(f"The function {name} has no alias or version {qualifier}.")
-        others = [s for s in await self.concurrency.provisioned(name) if s.qualifier != qualifier]
-        mine = await self._version_of(name, qualifier)
-        for other in others:
-            if await self._version_of(name, other.qualifier) == mine:
-                if qualifier.isdigit():
-                    raise LambdaError("Version is pointed by a Provisioned Concurrency alias")
-                raise LambdaError("Alias can't be used for Provisioned Concurrency configuration on an already "
-                                  "Provisioned version")
-        reserved = self.pools.reserved.get(name)
-        if reserved is not None and value + sum(s.requested for s in others) > reserved:
-            raise LambdaError("Requested Provisioned Concurrency should not be greater than the "
-                              "reservedConcurrentExecution for function")
-        unreserved = self.pools.unreserved_limit()
-        if reserved is None and unreserved - value < self.minimum_unreserved:
-            raise LambdaError("Specified ConcurrentExecutions for function decreases account's "
-                              f"UnreservedConcurrentExecution below its minimum value of [{self.minimum_unreserved}].")
-
-    async def _version_of(self, name: str, qualifier: str) -> str:
-        if qualifier.isdigit():
-            return qualifier
-        alias = await self.registry.aliases.get(name, qualifier)
-        return alias.function_version if alias else ""
+        await self.provisioner.check(name, qualifier, value, self.minimum_unreserved)
 
     @staticmethod
     def _activity(key: TargetKey, description: str, cause: str, now: float,
