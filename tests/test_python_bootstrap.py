@@ -135,6 +135,7 @@ class Worker:
                 os.close(fd)
         self.frames = _Reader(self._out_r)
         self.log = _Reader(self._log_r)
+        self.drained = set()
         self._closed = False
 
     # -- protocol --------------------------------------------------------------------------------------
@@ -146,7 +147,14 @@ class Worker:
         """The next frame's bytes, with the worker's memory report taken out (checked in test_rss_reported)."""
         line = self.frames.read_until(b"\n", timeout)
         self.last_rss = re.search(rb'"rss":(\d+)', line)
-        return re.sub(rb'"rss":\d+,|,"rss":\d+(?=\})', b"", line, count=1)
+        line = re.sub(rb'"rss":\d+,|,"rss":\d+(?=\})', b"", line, count=1)
+        # "drained": the log pipe was empty as the reply was sent, so no sentinel follows (test_drained_reply).
+        drained = re.search(rb'"drained":(true|false)', line)
+        if drained is not None:
+            request_id = re.search(rb'"id":"([^"]*)"', line)
+            if drained.group(1) == b"true" and request_id is not None:
+                self.drained.add(request_id.group(1).decode())
+        return re.sub(rb'"drained":(true|false),|,"drained":(true|false)(?=\})', b"", line, count=1)
 
     def next_frame(self, timeout=READ_TIMEOUT):
         return json.loads(self.next_frame_raw(timeout))
@@ -176,7 +184,10 @@ class Worker:
         return line if raw else json.loads(line)
 
     def output_of(self, request_id):
-        """The log text of one request, up to its sentinel (sentinel stripped)."""
+        """The log text of one request, up to its sentinel (sentinel stripped); "" for a request whose reply
+        said the pipe was drained (it wrote nothing this reader had not read)."""
+        if request_id in self.drained:
+            return ""
         return self.log.read_until(sentinel(request_id))[: -len(sentinel(request_id))].decode()
 
     def wait(self, timeout=READ_TIMEOUT):
@@ -413,6 +424,26 @@ def test_client_context_object(spawn):
         "custom": {"k": "v"},
         "env": {"platform": "Android"},
     }
+
+
+def test_drained_reply_when_the_log_pipe_was_read(spawn):
+    """A request that leaves nothing unread in the log pipe gets a "drained" reply and no sentinel; one whose
+    output is still in the pipe gets a sentinel after it."""
+    w = spawn(files={"app.py": """
+        def handler(event, context):
+            if event.get("say"):
+                print(event["say"])
+            return "ok"
+    """})
+    w.ready()
+    assert w.invoke({}, request_id="quiet")["payload"] == "ok"
+    assert "quiet" in w.drained
+    assert w.invoke({"say": "hello"}, request_id="loud")["payload"] == "ok"
+    assert "loud" not in w.drained
+    assert w.output_of("loud") == "hello\n"
+    assert w.invoke({}, request_id="quiet-again")["payload"] == "ok"
+    assert "quiet-again" in w.drained
+    assert w.log.read_available() == b""  # the reply came after any sentinel would have: none was written
 
 
 def test_output_is_on_the_log_pipe_before_the_sentinel_and_frame(spawn):
@@ -785,7 +816,9 @@ def test_one_socket_for_both_directions(code_dir):
         frames = _Reader(ours.fileno())
         assert json.loads(frames.read_until(b"\n"))["t"] == "ready"
         ours.sendall(b'{"t":"invoke","id":"s-1","deadline_ms":0,"arn":"a","event":{"x":21}}\n')
-        assert re.sub(rb'"rss":\d+,', b"", frames.read_until(b"\n")) == b'{"t":"result","id":"s-1","payload":42}\n'
+        # The init sentinel is still unread in the log pipe, so this reply is not "drained": a sentinel follows.
+        assert re.sub(rb'"rss":\d+,', b"", frames.read_until(b"\n")) == \
+            b'{"t":"result","id":"s-1","drained":false,"payload":42}\n'
         ours.shutdown(socket.SHUT_WR)  # EOF on the worker's input
         assert proc.wait(timeout=READ_TIMEOUT) == 0
         assert _Reader(log_r).read_to_eof() == sentinel("init") + sentinel("s-1")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from aiohttp import web
 
+from faas import ids
 from faas.api.model import error_response
 from faas.errors import LambdaError, RequestEntityTooLargeException, ServiceException, UnknownOperationException
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @web.middleware
 async def aws_errors(request: web.Request, handler) -> web.StreamResponse:
-    request_id = str(uuid.uuid4())
+    request_id = ids.request_id()
     request["request_id"] = request_id
     try:
         response = await handler(request)

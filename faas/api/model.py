@@ -95,6 +95,9 @@ def _split_uri(uri: str) -> tuple[str, dict[str, str]]:
     return re.sub(r"\{(\w+)\+\}", r"{\1:.+}", path), literal
 
 
+_HOT = frozenset({"Invoke"})
+
+
 def add_routes(app: web.Application, model: ServiceModel) -> None:
     """Route every operation of the model to its registered handler (unknown ones get
     UnknownOperationException), plus a catch-all for paths the model does not have."""
@@ -104,7 +107,10 @@ def add_routes(app: web.Application, model: ServiceModel) -> None:
         path, literal = _split_uri(op.http["requestUri"])
         route = routes.setdefault((op.http["method"], path), _Route())
         route.by_query.append((literal, op))
-    for (method, path), route in routes.items():
+    # aiohttp tries a path's candidate routes in the order they were added (every Lambda path shares the
+    # /2015-03-31 prefix), so the operations on the invoke path go first.
+    hot = sorted(routes.items(), key=lambda item: not any(op.name in _HOT for _, op in item[1].by_query))
+    for (method, path), route in hot:
         # More specific (literal query) operations first.
         route.by_query.sort(key=lambda item: -len(item[0]))
         app.router.add_route(method, path, _dispatcher(route))

@@ -17,7 +17,6 @@ import binascii
 import datetime
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,6 +24,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from botocore.model import OperationModel, ServiceModel, Shape
 
+from faas import ids
 from faas.api.model import load_service_model
 from faas.api.validation import validate
 from faas.errors import LambdaError, validation_message
@@ -78,7 +78,7 @@ def _pick(request: web.Request, action: str, version: str | None) -> tuple[str, 
 
 
 async def dispatch_query(request: web.Request) -> web.StreamResponse:
-    request_id = request.get("request_id") or str(uuid.uuid4())
+    request_id = request.get("request_id") or ids.request_id()
     namespace = ""
     try:
         form = await _read_form(request)

@@ -21,7 +21,6 @@ import binascii
 import functools
 import logging
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -29,6 +28,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from faas import ids
 from faas.errors import LambdaError, ResourceNotFoundException, TooManyRequestsException
 from faas.invoke.router import InvokeRequest, InvokeResult
 from faas.runtime.protocol import HTTP_INTEGRATION
@@ -92,7 +92,7 @@ async def _latest_revision(registry: Registry, name: str) -> str | None:
 
 
 async def _serve(request: web.Request, url_id: str, target: str, domain: str) -> web.StreamResponse:
-    request_id = str(uuid.uuid4())
+    request_id = ids.request_id()
     try:
         return await _serve_url(request, url_id, target, domain, request_id)
     except Exception:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from faas import ids
 from faas.events.patterns import compile_pattern
 from faas.invoke.router import InvokeRequest, InvokeResult
 from faas.store.mappings import Mapping, Mappings
@@ -48,7 +48,7 @@ class Source:
         body = payload if isinstance(payload, bytes) else msgspec.json.encode(payload)
         return await self.svc.router.invoke(InvokeRequest(
             function_name=self.mapping.function_name, qualifier=self.mapping.config.qualifier, payload=body,
-            request_id=str(uuid.uuid4()),
+            request_id=ids.request_id(),
         ))
 
     async def report(self, result: str) -> None:

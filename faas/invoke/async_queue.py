@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 
+from faas import ids
 from faas.arn import LATEST
 from faas.errors import LambdaError, ResourceNotFoundException, TooManyRequestsException
 from faas.invoke.destinations import Destinations, Outcome
@@ -56,7 +56,7 @@ class AsyncQueue:
                       request_id: str | None = None) -> str:
         """Durably queue an event for a function (which must exist); returns its request id."""
         await self.router.resolve(function_name, qualifier)
-        request_id = request_id or str(uuid.uuid4())
+        request_id = request_id or ids.request_id()
         await self.store.add(request_id, function_name, qualifier, payload or b"{}", time.time())
         self._wake.set()
         return request_id

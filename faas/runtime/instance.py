@@ -2,7 +2,8 @@
 
 The worker talks JSON lines over a socket pair; its stdout and stderr share one pipe, which is the function's
 log. After each request the worker writes a sentinel to that pipe, so the server knows which output belongs
-to which request even though the log and the frames travel on different channels. A Python worker is forked
+to which request even though the log and the frames travel on different channels; a reply that says the pipe
+was already drained (the server had read every byte of output when the reply was sent) comes without one. A Python worker is forked
 by a zygote (`zygote.py`) when the server has zygotes and they accept the instance; every other worker is
 exec'd.
 """
@@ -446,7 +447,8 @@ class Instance:
             error = {"errorType": "Runtime.ExitError", "errorMessage": message}
             return Outcome(msgspec.json.encode(error), "Runtime.ExitError", logs.take(), duration, 0,
                            reusable=False, **_sent(chunks))
-        await logs.wait(1.0)
+        if not reply.drained:
+            await logs.wait(1.0)
         memory = max(1, math.ceil(reply.rss / 1024)) if reply.rss else _peak_rss_mb(pid)
         self.last_used = time.monotonic()
         reusable = not reply.exiting

@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-# Written by the worker to its log pipe after flushing, once a request's output is complete.
+# Written by the worker to its log pipe after flushing, once a request's output is complete (unless its
+# reply says the pipe was already drained).
 SENTINEL_MARK = b"\x1e"
 INIT_ID = "init"
 
@@ -36,6 +37,9 @@ class WorkerFrame(msgspec.Struct, omit_defaults=True):
     data: bytes = b""  # a chunk's bytes (base64 in the JSON line)
     content_type: str | None = None
     streamed: bool = False  # on a result: the response went out as chunks; there is no payload
+    # On a reply: the log pipe held no unread bytes when it was sent, so no sentinel follows (the server has
+    # already read all of the request's output).
+    drained: bool = False
 
 
 class InvokeFrame(msgspec.Struct):

@@ -22,7 +22,8 @@ An exception raised while streaming ends the stream with an error frame.
 
 Before each reply frame (and before ready/init_error, under the id "init") the worker flushes its
 streams and writes b"\\x1e" + id + b"\\x1e" to fd 1, so the server knows that request's output is
-complete. EOF on the input or a shutdown frame ends the process with status 0. A handler raising
+complete; a reply may instead carry "drained":true, when the pipe held no unread bytes as the reply was
+sent (the server has read all the output already) and no sentinel was written. EOF on the input or a shutdown frame ends the process with status 0. A handler raising
 SystemExit or KeyboardInterrupt ends it at once, with no frame.
 """
 
@@ -31,11 +32,14 @@ import time
 _STARTED = time.perf_counter()  # first statement: init_ms is measured from here
 
 import binascii
+import fcntl
 import json
 import logging
 import os
 import resource
+import struct
 import sys
+import termios
 import traceback
 import types
 
@@ -44,6 +48,7 @@ _INIT_ID = "init"
 _STREAM_CONTENT_TYPE = "application/octet-stream"
 _HTTP_INTEGRATION = "application/vnd.awslambda.http-integration-response"
 _CHUNK_BYTES = 1 << 20
+_UNREAD = bytes(4)  # FIONREAD's answer: an int
 # Response encoding. Lambda itself writes ", " / ": " separators; the server contract asks for compact
 # text. NaN/Infinity are refused (Runtime.MarshalError) because the server's strict JSON decoder would
 # reject a frame carrying them.
@@ -97,6 +102,23 @@ def _write_sentinel(request_id):
         _write_all(1, _SENTINEL_MARK + request_id.encode("utf-8", "replace") + _SENTINEL_MARK)
     except OSError:
         pass  # fd 1 closed by the function: the server falls back to its own timing
+
+
+def _end_output(request_id):
+    """Ends a request's output: True when the log pipe was already empty (the server has read all of it, so
+    the reply says "drained" and no sentinel is needed: one write and one wake-up of the server fewer),
+    False when a sentinel was written. Streams are flushed first."""
+    _flush_std()
+    try:
+        # fd 1 and fd 2 are one pipe unless the function moved one of them.
+        unread = struct.unpack("i", fcntl.ioctl(1, termios.FIONREAD, _UNREAD))[0] + \
+            struct.unpack("i", fcntl.ioctl(2, termios.FIONREAD, _UNREAD))[0]
+    except (OSError, ValueError):
+        unread = None  # closed, or not something FIONREAD answers for: mark the end as always
+    if unread == 0:
+        return True
+    _write_sentinel(request_id)
+    return False
 
 
 def _encode_text(text):
@@ -575,15 +597,17 @@ def _invoke(frame, handler, channel, function):
 
     if error is not None:
         _log_error(error)
-    _write_sentinel(request_id)
+    drained = _end_output(request_id)
     # The process's peak resident memory (kB), for REPORT's Max Memory Used: cheaper here than in /proc.
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if error is not None:
-        channel.send({"t": "error", "id": request_id, "error": error, "rss": rss})
+        channel.send({"t": "error", "id": request_id, "error": error, "rss": rss, "drained": drained})
     elif streamed is not None:
-        channel.send({"t": "result", "id": request_id, "streamed": True, "content_type": streamed, "rss": rss})
+        channel.send({"t": "result", "id": request_id, "streamed": True, "content_type": streamed, "rss": rss,
+                      "drained": drained})
     else:
-        head = '{"t":"result","id":%s,"rss":%d,"payload":' % (_dumps(request_id), rss)
+        head = '{"t":"result","id":%s,"rss":%d,"drained":%s,"payload":' % (
+            _dumps(request_id), rss, "true" if drained else "false")
         channel.send_raw(_encode_text(head) + payload + b"}\n")
 
 
