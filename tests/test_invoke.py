@@ -291,6 +291,22 @@ def test_response_too_large(lam):
     }
 
 
+def test_response_past_the_frame_limit_replaces_the_instance(lam):
+    """A reply frame longer than the server reads from a worker (twice the response limit): the instance is
+    killed, the caller gets ResponseSizeTooLarge, and the next call gets a fresh instance."""
+    name, _ = create_function(lam, (
+        "import os\n"
+        "def handler(event, context):\n"
+        "    return 'x' * (13 * 1024 * 1024) if event.get('big') else os.getpid()\n"
+    ))
+    _, first = invoke(lam, name)
+    resp, body = invoke(lam, name, json.dumps({"big": True}).encode())
+    assert resp["FunctionError"] == "Unhandled"
+    assert json.loads(body)["errorType"] == "Function.ResponseSizeTooLarge"
+    resp, again = invoke(lam, name)
+    assert "FunctionError" not in resp and again != first
+
+
 def test_dry_run(lam):
     name, _ = create_function(lam, ECHO)
     resp = lam.invoke(FunctionName=name, InvocationType="DryRun")

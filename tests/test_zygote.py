@@ -324,7 +324,8 @@ async def test_spawn_speaks_the_worker_protocol(code_dir):
                       "event": {"n": 1}}
             worker.sock.sendall(json.dumps(invoke).encode() + b"\n")
             result = await asyncio.to_thread(worker.frame)
-            assert result == {"t": "result", "id": "r1", "payload": [{"n": 1}, worker.proc.pid, "x"]}
+            # The init sentinel is still unread in the log pipe: not drained.
+            assert result == {"t": "result", "id": "r1", "drained": False, "payload": [{"n": 1}, worker.proc.pid, "x"]}
             assert worker.proc.returncode is None
             worker.sock.sendall(b'{"t":"shutdown"}\n')
             assert await asyncio.wait_for(worker.proc.wait(), 10) == 0

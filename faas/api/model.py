@@ -122,14 +122,17 @@ async def _unknown(request: web.Request) -> web.StreamResponse:
 
 
 def _dispatcher(route: _Route) -> Handler:
+    plans = {op.name: _InputPlan(op) for _, op in route.by_query}
+
     async def dispatch(request: web.Request) -> web.StreamResponse:
         op = route.pick(request)
         handler = _handlers.get(op.name)
         if handler is None:
             raise UnknownOperationException(f"Operation {op.name} is not supported by this server yet.")
-        params = await parse_input(op, request)
-        if op.input_shape is not None:
-            errors = validate(op.input_shape, params)
+        plan = plans[op.name]
+        params = await parse_input(plan, request)
+        if plan.shape is not None:
+            errors = validate(plan.shape, params)
             if errors:
                 hook = _validation_hooks.get(op.name)
                 if hook is None or not hook(params, errors):
@@ -156,45 +159,76 @@ def _scalar(shape: Shape, raw: str, where: str) -> Any:
     return raw
 
 
-async def parse_input(op: OperationModel, request: web.Request) -> dict[str, Any]:
-    shape = op.input_shape
-    if shape is None:
+class _InputPlan:
+    """Where each input member of one operation lives, worked out once from the model (botocore's shapes
+    answer through properties, which are too slow to walk on every request)."""
+
+    __slots__ = ("shape", "uri", "query", "headers", "body", "payload", "payload_blob")
+
+    def __init__(self, op: OperationModel):
+        shape = self.shape = op.input_shape
+        self.uri: list[tuple[str, str, Shape]] = []
+        self.query: list[tuple[str, str, Shape]] = []
+        self.headers: list[tuple[str, str, Shape]] = []
+        self.body: dict[str, Shape] = {}
+        self.payload: str | None = None
+        self.payload_blob = False
+        if shape is None:
+            return
+        self.payload = shape.serialization.get("payload")
+        if self.payload is not None:
+            self.payload_blob = shape.members[self.payload].type_name == "blob"
+        for member, mshape in shape.members.items():
+            location = mshape.serialization.get("location")
+            where = mshape.serialization.get("name", member)
+            if location == "uri":
+                self.uri.append((member, where, mshape))
+            elif location == "querystring":
+                self.query.append((member, where, mshape))
+            elif location == "header":
+                self.headers.append((member, where, mshape))
+            elif member != self.payload:
+                self.body[member] = mshape
+
+
+async def parse_input(plan: _InputPlan, request: web.Request) -> dict[str, Any]:
+    if plan.shape is None:
         return {}
     params: dict[str, Any] = {}
-    body_members: dict[str, Shape] = {}
-    payload_member = shape.serialization.get("payload")
-    for member, mshape in shape.members.items():
-        location = mshape.serialization.get("location")
-        where = mshape.serialization.get("name", member)
-        if location == "uri":
-            raw = request.match_info.get(where)
+    if plan.uri:
+        match_info = request.match_info
+        for member, where, mshape in plan.uri:
+            raw = match_info.get(where)
             if raw is not None:
                 params[member] = _scalar(mshape, raw, where)
-        elif location == "querystring":
+    if plan.query:
+        query = request.query
+        for member, where, mshape in plan.query:
             if mshape.type_name == "list":
-                values = request.query.getall(where, [])
+                values = query.getall(where, [])
                 if values:
                     params[member] = [_scalar(mshape.member, v, where) for v in values]
-            elif where in request.query:
-                params[member] = _scalar(mshape, request.query[where], where)
-        elif location == "header":
-            if where in request.headers:
-                params[member] = _scalar(mshape, request.headers[where], where)
-        elif member != payload_member:
-            body_members[member] = mshape
+            elif where in query:
+                params[member] = _scalar(mshape, query[where], where)
+    if plan.headers:
+        headers = request.headers
+        for member, where, mshape in plan.headers:
+            raw = headers.get(where)
+            if raw is not None:
+                params[member] = _scalar(mshape, raw, where)
 
     body = await request.read()
-    if payload_member is not None:
-        if shape.members[payload_member].type_name == "blob":
-            params[payload_member] = body
+    if plan.payload is not None:
+        if plan.payload_blob:
+            params[plan.payload] = body
         elif body:
-            params[payload_member] = _decode_json(body)
+            params[plan.payload] = _decode_json(body)
         return params
-    if body_members and body:
+    if plan.body and body:
         doc = _decode_json(body)
         if not isinstance(doc, dict):
             raise SerializationException("Start of list found where not expected")
-        for member, mshape in body_members.items():
+        for member, mshape in plan.body.items():
             if member in doc:
                 params[member] = _from_json(mshape, doc[member], member)
     return params

@@ -11,6 +11,7 @@ exec'd.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import itertools
@@ -246,6 +247,102 @@ class _LogProtocol(_Splitter, asyncio.Protocol):
             self.transport.close()
 
 
+class FrameTooLarge(ValueError):
+    """A frame from the worker longer than the channel's limit."""
+
+
+class _FrameChannel(asyncio.Protocol):
+    """The worker's frame socket: JSON lines in, frames out. A reply goes from `data_received` to the waiting
+    invocation through one future, with no stream machinery between (this is every warm invoke's path)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._lines: collections.deque[bytes] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._overrun = False
+        self._writable: asyncio.Future[None] | None = None  # set while the transport asks us to pause
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._overrun:
+            return
+        buf = self._buf
+        if not buf and data.find(b"\n") == len(data) - 1 and len(data) <= self.limit:
+            self._lines.append(data)  # the usual case: exactly one whole frame
+        else:
+            scan = len(buf)
+            buf += data
+            start = 0
+            while (end := buf.find(b"\n", scan)) >= 0:
+                if end + 1 - start > self.limit:
+                    self._overrun = True
+                    break
+                self._lines.append(bytes(buf[start:end + 1]))
+                start = scan = end + 1
+            del buf[:start]
+            if len(buf) > self.limit:
+                self._overrun = True
+            if self._overrun:
+                buf.clear()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def readline(self) -> bytes:
+        """The next frame with its newline; b"" once the worker has closed its end (or is gone). Raises
+        FrameTooLarge for a frame longer than the limit."""
+        while True:
+            if self._lines:
+                return self._lines.popleft()
+            if self._overrun:
+                raise FrameTooLarge(f"a frame longer than {self.limit} bytes")
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._writable is not None:
+            await self._writable
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 def _sent(chunks: _Chunks | None) -> dict:
     """Outcome fields of a failed invocation whose first chunks may already have reached the client."""
     if chunks is None or chunks.on_chunk is None:
@@ -271,8 +368,7 @@ class Instance:
         self.invocations = 0
         self.last_used = time.monotonic()
         self.started_at = time.monotonic()
-        self._frames: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._channel: _FrameChannel | None = None
         self._logs: _LogProtocol | None = None
         self._tmp: Path | None = None
         self._dead = False
@@ -308,11 +404,11 @@ class Instance:
         _, self._logs = await loop.connect_read_pipe(
             lambda: _LogProtocol(INIT_ID), os.fdopen(log_r, "rb", buffering=0)
         )
-        self._frames, self._writer = await asyncio.open_unix_connection(
-            sock=server_sock, limit=spec.max_frame_bytes
+        _, self._channel = await loop.create_unix_connection(
+            lambda: _FrameChannel(spec.max_frame_bytes), sock=server_sock
         )
         try:
-            line = await asyncio.wait_for(self._frames.readline(), spec.init_timeout_s)
+            line = await asyncio.wait_for(self._channel.readline(), spec.init_timeout_s)
         except asyncio.TimeoutError:
             await self._kill()
             raise InitFailure(
@@ -386,7 +482,8 @@ class Instance:
     async def invoke(self, frame: InvokeFrame, timeout_s: float, on_chunk: ChunkCallback | None = None) -> Outcome:
         """Run one request. A streaming handler's chunks go to `on_chunk` as they arrive (the worker waits
         while it is busy), or, without it, are collected into the payload."""
-        assert self._writer is not None and self._frames is not None and self._logs is not None
+        channel = self._channel
+        assert channel is not None and self._logs is not None
         self.invocations += 1
         logs = self._logs
         logs.expect(frame.id)
@@ -397,10 +494,9 @@ class Instance:
             # asyncio.timeout (a deadline on this task) rather than wait_for (a new task per await): this is the
             # warm path, and each saved task is measurable.
             async with asyncio.timeout(timeout_s):
-                self._writer.write(encode_invoke(frame))
-                if self._writer.transport.get_write_buffer_size():
-                    await self._writer.drain()
-                line = await self._frames.readline()
+                channel.write(encode_invoke(frame))
+                await channel.drain()
+                line = await channel.readline()
                 reply = worker_frame_decoder.decode(line) if line else None
                 while reply is not None and reply.t == "chunk":
                     if chunks is None:
@@ -408,7 +504,7 @@ class Instance:
                         chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
                     if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
                         await chunks.add(reply)
-                    line = await self._frames.readline()
+                    line = await channel.readline()
                     reply = worker_frame_decoder.decode(line) if line else None
         except (asyncio.TimeoutError, TimeoutError):
             duration = (time.perf_counter() - started) * 1000
@@ -425,7 +521,7 @@ class Instance:
             reply = None  # the worker is gone: reported below as the exit it was
         except msgspec.DecodeError:
             raise  # a worker bug, not a size problem (DecodeError is a ValueError)
-        except (ValueError, asyncio.LimitOverrunError, _StreamTooLarge) as exc:
+        except (FrameTooLarge, _StreamTooLarge) as exc:
             # A frame over the limit (far past the response size AWS allows), or a stream past its limit.
             await self._kill()
             limit = self.spec.max_stream_bytes if isinstance(exc, _StreamTooLarge) and on_chunk else None
@@ -482,16 +578,16 @@ class Instance:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5.0)
-        if self._writer is not None:
-            self._writer.close()
+        if self._channel is not None:
+            self._channel.close()
 
     async def stop(self, grace_s: float = 1.0) -> None:
         """Ask the worker to exit, then kill it; remove its temp dir. Idempotent."""
         proc = self.proc
-        if proc is not None and proc.returncode is None and self._writer is not None and not self._dead:
+        if proc is not None and proc.returncode is None and self._channel is not None and not self._dead:
             with contextlib.suppress(Exception):
-                self._writer.write(SHUTDOWN)
-                await asyncio.wait_for(self._writer.drain(), grace_s)
+                self._channel.write(SHUTDOWN)
+                await asyncio.wait_for(self._channel.drain(), grace_s)
                 await asyncio.wait_for(proc.wait(), grace_s)
         await self._kill()
         if self._logs is not None:
