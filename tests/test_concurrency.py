@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import os
 import time
 
 import pytest
@@ -205,6 +206,19 @@ def handler(event, context):
     second = call(lam, name)[0]
     assert second["pid"] == first["pid"]
     assert second["ticks"] - first["ticks"] < 10, "a frozen instance's threads do not run between invocations"
+
+
+def test_instances_run_under_sched_batch(lam, own_server):
+    """By default an instance runs under SCHED_BATCH (woken, it does not preempt the server's event loop),
+    forked and exec'd alike; runtime.batch_scheduling = false leaves the default policy."""
+    code = "import os\ndef handler(event, context):\n    return os.sched_getscheduler(0)\n"
+    name, _ = create_function(lam, code)
+    assert json.loads(lam.invoke(FunctionName=name)["Payload"].read()) == os.SCHED_BATCH
+    exec_name, _ = create_function(lam, code, Environment={"Variables": {"PYTHONHASHSEED": "1"}})  # a start-up variable: exec'd
+    assert json.loads(lam.invoke(FunctionName=exec_name)["Payload"].read()) == os.SCHED_BATCH
+    plain = own_server(FAAS_RUNTIME__BATCH_SCHEDULING="false").client()
+    name, _ = create_function(plain, code)
+    assert json.loads(plain.invoke(FunctionName=name)["Payload"].read()) == os.SCHED_OTHER
 
 
 def test_max_lifetime_recycles(own_server):
