@@ -56,7 +56,6 @@ class _Meta:
     provisioned_for: str | None = None  # the qualifier whose provisioned concurrency this instance serves
     frozen: bool = False
     cgroup: Path | None = None  # its memory cgroup, where MemorySize is enforced
-    uses: int = 0  # bumped on every acquire, so a pending freeze knows the instance was taken again
 
 
 @dataclass
@@ -114,6 +113,9 @@ class Pools:
         self._memory_mb = 0
         self._buckets: dict[str, _Bucket] = {}
         self._retired: set[Instance] = set()
+        # Idle instances not frozen yet, with when they were released; one timer freezes them when due.
+        self._thawed: dict[Instance, float] = {}
+        self._freezing: asyncio.TimerHandle | None = None
         self._cgroups_to_remove: list[Path] = []
         self._reaper: asyncio.Task[None] | None = None
         self._closing = False
@@ -374,6 +376,7 @@ class Pools:
         return bool(cgroups and meta and meta.cgroup and cgroups.oom_killed(meta.cgroup))
 
     def _forget(self, instance: Instance) -> None:
+        self._thawed.pop(instance, None)
         meta = self._meta.pop(instance, None)
         if meta is not None:
             self._memory_mb -= meta.memory_mb
@@ -397,18 +400,31 @@ class Pools:
         if self.limits.freeze_after <= 0:
             self._freeze(instance)
             return
-        uses = meta.uses
-        asyncio.get_running_loop().call_later(self.limits.freeze_after, self._freeze_if_idle, instance, uses)
+        # One timer for all of them, not one per release: under load an instance is released thousands of
+        # times a second and taken again long before any freeze is due.
+        self._thawed[instance] = time.monotonic()
+        if self._freezing is None:
+            self._freezing = asyncio.get_running_loop().call_later(self.limits.freeze_after, self._freeze_due)
 
-    def _freeze_if_idle(self, instance: Instance, uses: int) -> None:
-        meta = self._meta.get(instance)
-        if meta is not None and meta.uses == uses and not self._closing:
-            self._freeze(instance)
+    def _freeze_due(self) -> None:
+        self._freezing = None
+        if self._closing:
+            return
+        now = time.monotonic()
+        due = now - self.limits.freeze_after
+        earliest = None
+        for instance, released in list(self._thawed.items()):
+            if released <= due:
+                del self._thawed[instance]
+                self._freeze(instance)
+            elif earliest is None or released < earliest:
+                earliest = released
+        if earliest is not None:
+            self._freezing = asyncio.get_running_loop().call_later(earliest - due, self._freeze_due)
 
     def _thaw(self, instance: Instance) -> None:
+        self._thawed.pop(instance, None)  # taken again: no freeze is due
         meta = self._meta.get(instance)
-        if meta is not None:
-            meta.uses += 1
         if instance.proc is None or (meta is not None and not meta.frozen):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -486,6 +502,9 @@ class Pools:
         if self._closing:
             return
         self._closing = True
+        if self._freezing is not None:
+            self._freezing.cancel()
+            self._freezing = None
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
