@@ -3,10 +3,12 @@ CLI), retention and the size cap, and `faas logs`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -15,8 +17,18 @@ import time
 import pytest
 
 from conftest import REPO, create_function, unique, wait_for
+from faas.logs import invocation_log
 from faas.services.cloudwatch_logs import PatternError, compile_filter
-from faas.store.logstore import LogSettings, LogStore, Matcher, NotFound, split_events
+from faas.store.logstore import (
+    MAX_EVENT_CHARS,
+    LogSettings,
+    LogStore,
+    Matcher,
+    NotFound,
+    event_rows,
+    row_events,
+    split_events,
+)
 
 PRINTER = """
 import json
@@ -320,6 +332,98 @@ async def test_store_retention_and_cap_in_process(tmp_path):
         await store.close()
 
 
+async def test_store_cap_cuts_into_a_row(tmp_path):
+    # An invocation's lines share a row; the cap deletes the first of them only, as it deletes events.
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0))
+    await store.open()
+
+    async def stream(name: str) -> list[tuple[int, str]]:
+        page = await store.events("/g", name, start_ms=None, end_ms=None, token=None, limit=10, from_head=True)
+        return [(e.id, e.message) for e in page.events]
+
+    try:
+        now = time.time()
+        store.record("f", "/g", "s", b"a\nb\nc\n", now)
+        store.record("f", "/g", "s", b"d\ne\n", now)
+        store.record("f", "/g", "t", b"z\n", now)
+        await store.flush()
+        assert store.stored_bytes == 6 * 28
+        store.settings = LogSettings(max_bytes=6 * 28 - 30)
+        assert await store.run_once(now) == 2  # a, then b: 56 bytes for the 30 over
+        assert await stream("s") == [(3, "c\n"), (4, "d\n"), (5, "e\n")]
+        assert [s.stored_bytes for s in await store.streams("/g", None, False, False, None, 10)] == [3 * 28, 28]
+        store.settings = LogSettings(max_bytes=4 * 28 - 68)
+        assert await store.run_once(now) == 3  # c; then d, and e too: all of its row
+        with pytest.raises(NotFound):
+            await stream("s")
+        assert store.stored_bytes == 28
+        store.settings = LogSettings(max_bytes=0)
+        store.record("f", "/g", "s", b"f\ng\n", now)  # ids go on from the last event's
+        assert await stream("s") == [(7, "f\n"), (8, "g\n")]
+    finally:
+        await store.close()
+
+
+# The log database as version 1 made it: one row per event.
+_SCHEMA_V1 = """
+CREATE TABLE log_groups (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL, retention_days INTEGER);
+CREATE TABLE log_streams (
+    id INTEGER PRIMARY KEY, group_id INTEGER NOT NULL, name TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    first_event_ms INTEGER, last_event_ms INTEGER, last_ingestion_ms INTEGER,
+    stored_bytes INTEGER NOT NULL DEFAULT 0, UNIQUE (group_id, name));
+CREATE TABLE log_events (
+    id INTEGER PRIMARY KEY, group_id INTEGER NOT NULL, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL,
+    ingested INTEGER NOT NULL, message TEXT NOT NULL);
+CREATE INDEX log_events_stream ON log_events (stream_id);
+CREATE INDEX log_events_group_ts ON log_events (group_id, ts);
+INSERT INTO log_groups VALUES (1, '/g', 1000, NULL);
+INSERT INTO log_streams VALUES (1, 1, 's', 1000, 1000, 1000, 1000, 64);
+INSERT INTO log_events VALUES (1, 1, 1, 1000, 1000, 'old a\n'), (2, 1, 1, 1000, 1000, 'old b\n');
+PRAGMA user_version = 1;
+"""
+
+
+async def test_store_migrates_version_1(tmp_path):
+    with contextlib.closing(sqlite3.connect(tmp_path / "logs.db")) as conn:
+        conn.executescript(_SCHEMA_V1)
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0))
+    await store.open()
+    try:
+        store.record("f", "/g", "s", b"new a\nnew b\n", 2.0)
+        page = await store.events("/g", "s", start_ms=None, end_ms=None, token=("f", 1), limit=10, from_head=True)
+        assert [(e.id, e.ts, e.message) for e in page.events] == [
+            (2, 1000, "old b\n"), (3, 2000, "new a\n"), (4, 2000, "new b\n")]
+        assert store.stored_bytes == 4 * 32
+        store.settings = LogSettings(max_bytes=4 * 32 - 40)
+        assert await store.run_once(3.0) == 2  # both old events, each a row
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "logs.db")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT id, event_count FROM log_events").fetchall() == [(3, 2)]
+
+
+async def test_store_writes_a_large_batch(tmp_path):
+    # 300 invocations in one write: rows go in by INSERTs of 128, 128, 32, 8 and 4 rows.
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0, flush_records=1000))
+    await store.open()
+    try:
+        for n in range(300):
+            store.record("f", "/g", "s", b"%d a\n%d b\n" % (n, n) if n % 7 else b"%d\n" % n, time.time())
+        events, token = [], None
+        while True:
+            page = await store.events("/g", "s", start_ms=None, end_ms=None, token=token, limit=1000, from_head=True)
+            if not page.events:
+                break
+            events += page.events
+            token = ("f", page.events[-1].id)
+        want = [m for n in range(300) for m in ([f"{n} a\n", f"{n} b\n"] if n % 7 else [f"{n}\n"])]
+        assert [e.message for e in events] == want and [e.id for e in events] == list(range(1, len(want) + 1))
+    finally:
+        await store.close()
+
+
 async def test_store_survives_reopen(tmp_path):
     store = LogStore(tmp_path / "logs.db")
     await store.open()
@@ -368,6 +472,131 @@ def test_split_events():
     ]
     long = split_events(b"y" * 300000 + b"\nz\n")
     assert [len(e) for e in long] == [262119, 300000 - 262118 + 1, 2]
+
+
+def _invocation(output: bytes = b"", **kwargs) -> bytes:
+    return invocation_log("0f7c3e5a-1b2d-4c6e-8f90-a1b2c3d4e5f6", "$LATEST", output, duration_ms=0.5, memory_mb=128,
+                          max_memory_used_mb=30, **kwargs)
+
+
+# Texts without a traceback, a \r or an over-long line: stored as one row without splitting them.
+PLAIN = [
+    _invocation(),
+    _invocation(b"line 1\nline 2\n\n  indented\n", init_ms=12.5, init_output=b"cold\n"),
+    _invocation(b"no newline at the end", status_error="Runtime.ExitError"),
+    _invocation(b"caf\xc3\xa9 \xe2\x80\xa8 \xff\xfe bad utf-8\x00nul\x0b\x0c\x1c\xc2\x85\n"),
+    _invocation(b'{"level": "INFO"}\n', json_format=True),
+    _invocation(b"[ERROR] ValueError: no traceback follows\nValueError: x\n", timed_out_after=3.0),
+    b"\n", b"\n\n", b"x", b"y" * (MAX_EVENT_CHARS - 1) + b"\n",
+]
+# Texts that take the general path.
+OTHER = [
+    _invocation(b"[ERROR] ValueError: boom\nTraceback (most recent call last):\n"
+                b'  File "/var/task/app.py", line 12, in handler\n    raise ValueError("boom")\nafter it\n'),
+    _invocation(b"Traceback (most recent call last):\n  File \"x\", line 1\nKeyError: 1\n\n"
+                b"During handling of the above exception, another exception occurred:\n\n"
+                b"Traceback (most recent call last):\n  File \"y\", line 2\nOSError: gone\n"),
+    _invocation(b"crlf\r\nmulti\rline\n\r\n"),
+    b"short\n" + b"y" * (MAX_EVENT_CHARS + 5) + b"\nshort\n",
+    b"".join(b"line %d\n" % i for i in range(MAX_EVENT_CHARS // 5)),
+]
+
+
+def test_event_rows_hold_split_events(monkeypatch):
+    for text in PLAIN + OTHER:
+        rows = event_rows(text)
+        assert [e for count, message in rows for e in row_events(count, message)] == split_events(text)
+        for count, message in rows:  # several events: one line each, a row of bounded size
+            assert count == 1 or (message.count("\n") == count and len(message) < 2 * MAX_EVENT_CHARS)
+
+    def general(text: str) -> list[str]:
+        raise AssertionError(f"general path taken for {text[:50]!r}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("faas.store.logstore._split", general)
+        assert all(len(event_rows(text)) == 1 for text in PLAIN)
+        with pytest.raises(AssertionError):
+            event_rows(OTHER[0])
+    assert [count for count, _ in event_rows(OTHER[0])] == [1, 1, 3]  # the [ERROR] block is one event
+    assert [count for count, _ in event_rows(OTHER[3])] == [2, 2]  # a run reaching MAX_EVENT_CHARS ends its row
+    assert len(OTHER[4]) // MAX_EVENT_CHARS == 2 and len(event_rows(OTHER[4])) == 3
+
+
+async def test_store_rows_read_as_events(tmp_path, monkeypatch):
+    """Several events in one row read exactly as one row each would: the same ids, pages and tokens in both
+    directions from any id, time windows, filter matches (never across lines of a row), cursors and the
+    scan limit that ends a FilterLogEvents page."""
+    monkeypatch.setattr("faas.store.logstore._FILTER_CHUNK", 3)  # rows a query fetches
+    monkeypatch.setattr("faas.store.logstore._FILTER_SCAN", 7)  # events one call examines
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0))
+    await store.open()
+    texts = [*PLAIN[:6], *OTHER[:3], b"alpha 1\nbeta 2\n", b"alpha beta 3\n", b'x\n  {"a": 1}\n{"a": 2}\n']
+    expected: list[tuple[int, str, int, str]] = []  # (id, stream, ts, message), ids as one row per event has them
+    for n, text in enumerate(texts * 2):
+        stream, ts = f"s{n % 3}", 1_000_000 + (n * 7919) % 13  # interleaved streams, times out of order
+        store.record("f", "/g", stream, text, ts / 1000)
+        expected += [(eid, stream, ts, m) for eid, m in enumerate(split_events(text), len(expected) + 1)]
+    try:
+        last = len(expected)
+        for stream in ("s0", "s1", "s2"):
+            mine = [e for e in expected if e[1] == stream]
+            for limit in (1, 2, 5):
+                for token, from_head in [(None, True), (None, False)] + [
+                        ((kind, k), True) for kind in "fb" for k in range(last + 2)]:
+                    page = await store.events("/g", stream, start_ms=None, end_ms=None, token=token, limit=limit,
+                                              from_head=from_head)
+                    if token is None:
+                        want = mine[:limit] if from_head else mine[-limit:]
+                    elif token[0] == "f":
+                        want = [e for e in mine if e[0] > token[1]][:limit]
+                    else:
+                        want = [e for e in mine if e[0] < token[1]][-limit:]
+                    assert [(e.id, e.stream, e.ts, e.message) for e in page.events] == want
+                    if want:
+                        assert (page.forward, page.backward) == (f"f/{want[-1][0]}", f"b/{want[0][0]}")
+            page = await store.events("/g", stream, start_ms=1_000_003, end_ms=1_000_009, token=("f", 5), limit=50,
+                                      from_head=True)
+            assert [e.id for e in page.events] == [e[0] for e in mine if e[0] > 5 and 1_000_003 <= e[2] < 1_000_009]
+
+        by_time = sorted(expected, key=lambda e: (e[2], e[0]))
+        matchers = [Matcher(), compile_filter('"alpha" "beta"'), compile_filter("{ $.a = 2 }"),
+                    compile_filter("-START"), Matcher(required=("n",), accepts=lambda m: "1" in m),
+                    Matcher(required=("ERROR", "Traceback"))]
+        for matcher in matchers:
+            for limit in (1, 4, 100):
+                cursor, pages = None, []
+                while True:
+                    page = await store.filter("/g", streams=None, stream_prefix=None, start_ms=None, end_ms=None,
+                                              cursor=cursor, limit=limit, matcher=matcher)
+                    pages.append(([(e.id, e.stream, e.ts, e.message) for e in page.events], page.cursor))
+                    if page.cursor is None:
+                        break
+                    cursor = page.cursor
+                assert pages == _filter_pages(by_time, matcher, limit, 7)
+        page = await store.filter("/g", streams=["s1"], stream_prefix=None, start_ms=1_000_002, end_ms=1_000_010,
+                                  cursor=None, limit=100, matcher=Matcher(required=("RequestId",)))
+        assert [e.id for e in page.events] == [e[0] for e in by_time if e[1] == "s1" and 1_000_002 <= e[2] < 1_000_010
+                                               and "RequestId" in e[3]][:7]
+    finally:
+        await store.close()
+
+
+def _filter_pages(events, matcher: Matcher, limit: int, scan: int) -> list:
+    """FilterLogEvents as one row per event answers, page after page: the events past the cursor that pass
+    the matcher's SQL tests are examined, `scan` of them at most."""
+    pages, found, scanned, position = [], [], 0, None
+    for e in events:
+        if not all(t in e[3] for t in matcher.required) or (matcher.json and not e[3].lstrip(" ").startswith("{")):
+            continue
+        scanned += 1
+        position = (e[2], e[0])
+        if matcher.accepts is None or matcher.accepts(e[3]):
+            found.append(e)
+        if len(found) >= limit or scanned == scan:
+            pages.append((found, position))
+            found, scanned = [], 0
+    pages.append((found, None))
+    return pages
 
 
 def test_filter_patterns():

@@ -7,6 +7,11 @@ invocation's text into events and inserts them in one transaction. Reads run on 
 flush, so a query sees every log recorded before it was made. A periodic pass deletes events older than their
 group's retention, then the oldest events while the file holds more than `max_bytes`.
 
+A row of `log_events` holds one event, or a run of `event_count` one-line events of one invocation (usually
+all of them): the row's id is its first event's id and the others follow, so the event ids are those one row
+per event would have had. Every row and index entry costs the writer, whose thread competes with the event
+loop for the GIL; reads split rows back into events.
+
 Logs are buffered by design: a crash may lose the last `flush_interval` of them (the invocation results are
 not affected). When the writer falls behind by `max_pending_bytes`, new logs are dropped and counted.
 """
@@ -31,7 +36,7 @@ T = TypeVar("T")
 
 # CloudWatch counts 26 bytes of overhead per event on top of its UTF-8 message.
 EVENT_OVERHEAD = 26
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log_groups (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_ms INTEGER NOT NULL, retention_days INTEGER);
@@ -41,15 +46,21 @@ CREATE TABLE IF NOT EXISTS log_streams (
     stored_bytes INTEGER NOT NULL DEFAULT 0, UNIQUE (group_id, name));
 CREATE TABLE IF NOT EXISTS log_events (
     id INTEGER PRIMARY KEY, group_id INTEGER NOT NULL, stream_id INTEGER NOT NULL, ts INTEGER NOT NULL,
-    ingested INTEGER NOT NULL, message TEXT NOT NULL);
+    ingested INTEGER NOT NULL, message TEXT NOT NULL, event_count INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS log_events_stream ON log_events (stream_id);
 CREATE INDEX IF NOT EXISTS log_events_group_ts ON log_events (group_id, ts);
 """
-_SIZE = f"length(CAST(message AS BLOB)) + {EVENT_OVERHEAD}"
+# Version 1 stored one row per event: each of its rows is a row of one event.
+_MIGRATE = {1: "ALTER TABLE log_events ADD COLUMN event_count INTEGER NOT NULL DEFAULT 1;"}
+_SIZE = f"length(CAST(message AS BLOB)) + {EVENT_OVERHEAD} * event_count"
+_INSERT_ROWS = 128  # of 7 parameters each, under the 999 that SQLite before 3.32 allows a statement
+_INSERT = {n: "INSERT INTO log_events(id, group_id, stream_id, ts, ingested, message, event_count) VALUES "
+              + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n) for n in (_INSERT_ROWS >> k for k in range(8))}
 _DELETE_CHUNK = 20000
 _FILTER_CHUNK = 1000
-_FILTER_SCAN = 200_000  # rows one FilterLogEvents call examines before it answers with a nextToken
+_FILTER_SCAN = 200_000  # events one FilterLogEvents call examines before it answers with a nextToken
 _RESPONSE_BYTES = 1_048_576
+_NO_ID = 1 << 63  # past every event id (SQLite's are below it)
 
 
 class LogSettings(msgspec.Struct, frozen=True):
@@ -131,7 +142,11 @@ def split_events(text: bytes) -> list[str]:
     """One event per line, as Lambda sends lines to CloudWatch, each keeping its newline; a `\\r` inside a
     line is a newline within one record. A Python traceback stays one event, with the log record or Lambda
     `[ERROR]` line it follows: its frames (indented), its exception line and any chained tracebacks."""
-    lines = text.decode("utf-8", "replace").split("\n")
+    return _split(text.decode("utf-8", "replace"))
+
+
+def _split(text: str) -> list[str]:
+    lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     events: list[str] = []
@@ -156,6 +171,40 @@ def split_events(text: bytes) -> list[str]:
         elif trace and line[:1] not in (" ", "\t"):
             trace, chain = False, _EXCEPTION_LINE.fullmatch(line) is not None
     return events
+
+
+def event_rows(text: bytes) -> list[tuple[int, str]]:
+    """`split_events(text)` as rows to store: (1, an event) or (n, a run of n one-line events joined), each
+    row under ~`MAX_EVENT_CHARS` unless it is one event. Text without a traceback, a `\\r` or a line too long
+    for one event, as most invocations write, is one row of its lines, found without splitting it."""
+    whole = text.decode("utf-8", "replace")
+    if len(whole) <= MAX_EVENT_CHARS and "\r" not in whole and _TRACEBACK not in whole:
+        if not whole.endswith("\n"):
+            whole += "\n"
+        return [(whole.count("\n"), whole)]
+    rows: list[tuple[int, str]] = []
+    run: list[str] = []
+    chars = 0
+    for event in _split(whole):
+        one_line = event.find("\n") == len(event) - 1
+        if run and (not one_line or chars >= MAX_EVENT_CHARS):
+            rows.append((len(run), "".join(run)))
+            run, chars = [], 0
+        if one_line:
+            run.append(event)
+            chars += len(event)
+        else:
+            rows.append((1, event))
+    if run:
+        rows.append((len(run), "".join(run)))
+    return rows
+
+
+def row_events(count: int, message: str) -> list[str]:
+    """The events of a row that `event_rows` made."""
+    if count == 1:
+        return [message]
+    return [line + "\n" for line in message[:-1].split("\n")]
 
 
 # -- the store ----------------------------------------------------------------------------------------
@@ -216,7 +265,8 @@ class LogStore:
         conn.execute("PRAGMA synchronous=NORMAL")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version < _SCHEMA_VERSION:
-            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA};PRAGMA user_version={_SCHEMA_VERSION};COMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA};{_MIGRATE.get(version, '')}"
+                               f"PRAGMA user_version={_SCHEMA_VERSION};COMMIT;")
         self._conn = conn
         self.stored_bytes = conn.execute("SELECT COALESCE(SUM(stored_bytes), 0) FROM log_streams").fetchone()[0]
 
@@ -286,17 +336,21 @@ class LogStore:
 
     def _write(self, batch: list[tuple[str, str, bytes, float]]) -> None:
         now = int(time.time() * 1000)
-        rows: list[tuple[int, int, int, int, str]] = []
+        rows: list[tuple[int, int, int, int, int, str, int]] = []
         touched: dict[int, list[int]] = {}  # stream id -> [bytes, first ts, last ts]
         with self._transaction() as conn:
+            # The ids SQLite would give one row per event: one past the last event's.
+            top = conn.execute("SELECT id + event_count FROM log_events ORDER BY id DESC LIMIT 1").fetchone()
+            next_id = 1 if top is None else top[0]
             for group, stream, text, when in batch:
                 ts = int(when * 1000)
                 gid = self._group_id(group, ts)
                 sid = self._stream_id(gid, stream, ts)
                 size = 0
-                for message in split_events(text):
-                    rows.append((gid, sid, ts, now, message))
-                    size += len(message.encode()) + EVENT_OVERHEAD
+                for count, message in event_rows(text):
+                    rows.append((next_id, gid, sid, ts, now, message, count))
+                    next_id += count
+                    size += len(message.encode()) + EVENT_OVERHEAD * count
                 agg = touched.get(sid)
                 if agg is None:
                     touched[sid] = [size, ts, ts]
@@ -304,8 +358,7 @@ class LogStore:
                     agg[0] += size
                     agg[1] = min(agg[1], ts)
                     agg[2] = max(agg[2], ts)
-            conn.executemany(
-                "INSERT INTO log_events(group_id, stream_id, ts, ingested, message) VALUES (?, ?, ?, ?, ?)", rows)
+            self._insert(conn, rows)
             conn.executemany(
                 "UPDATE log_streams SET stored_bytes = stored_bytes + ?,"
                 " first_event_ms = MIN(COALESCE(first_event_ms, ?), ?),"
@@ -313,6 +366,18 @@ class LogStore:
                 [(b, first, first, last, last, now, sid) for sid, (b, first, last) in touched.items()],
             )
         self.stored_bytes += sum(agg[0] for agg in touched.values())
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[tuple[int, int, int, int, int, str, int]]) -> None:
+        """Insert `rows` with a few INSERTs of many rows: `executemany` lets go of the GIL and takes it back for
+        every row, each time waiting for, then stalling, the event loop's thread. The INSERTs take 128, 64, ...
+        or 1 rows, so that their few statements stay in the connection's cache."""
+        done, size = 0, _INSERT_ROWS
+        while done < len(rows):
+            while len(rows) - done < size:
+                size //= 2
+            conn.execute(_INSERT[size], [value for row in rows[done:done + size] for value in row])
+            done += size
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -384,39 +449,62 @@ class LogStore:
                 continue
             cutoff = int((now - days * self.settings.day_seconds) * 1000)
             while True:
-                rows = conn.execute(
-                    f"SELECT id, stream_id, {_SIZE} FROM log_events WHERE group_id = ? AND ts < ? LIMIT ?",
-                    (gid, cutoff, _DELETE_CHUNK)).fetchall()
+                rows = conn.execute(f"SELECT id, stream_id, {_SIZE}, event_count FROM log_events"
+                                    " WHERE group_id = ? AND ts < ? LIMIT ?", (gid, cutoff, _DELETE_CHUNK)).fetchall()
                 if not rows:
                     break
                 deleted += self._delete(rows, "DELETE FROM log_events WHERE id = ?", [(r[0],) for r in rows])
         return deleted
 
     def _trim(self, excess: int) -> int:
-        """Delete the oldest events (by arrival) until `excess` bytes are gone."""
+        """Delete the oldest events (by arrival) until `excess` bytes are gone: of the last row it reaches,
+        only the first events when they are enough."""
         conn = self._db
         deleted = 0
         after = 0
         while excess > 0:
-            rows = conn.execute(f"SELECT id, stream_id, {_SIZE} FROM log_events WHERE id > ? ORDER BY id LIMIT ?",
-                                (after, _DELETE_CHUNK)).fetchall()
+            rows = conn.execute(f"SELECT id, stream_id, {_SIZE}, event_count FROM log_events WHERE id > ?"
+                                " ORDER BY id LIMIT ?", (after, _DELETE_CHUNK)).fetchall()
             if not rows:
                 break
-            take = []
+            take, rest = [], None
             for row in rows:
+                if row[2] > excess and row[3] > 1:
+                    row, rest = self._split_row(row, excess)
                 take.append(row)
                 excess -= row[2]
                 if excess <= 0:
                     break
             after = take[-1][0]
-            deleted += self._delete(take, "DELETE FROM log_events WHERE id <= ?", [(after,)])
+            deleted += self._delete(take, "DELETE FROM log_events WHERE id <= ?", [(after,)], rest)
         return deleted
 
-    def _delete(self, rows: list[tuple[int, int, int]], sql: str, params: list[tuple[int]]) -> int:
+    def _split_row(self, row: tuple[int, int, int, int],
+                   excess: int) -> tuple[tuple[int, int, int, int], tuple[int, int, str, int] | None]:
+        """A row of several events as its first events that hold `excess` bytes, as (id, stream id, bytes,
+        events) for `_delete`, and the row that is left (id, new id, message, events), None when it is all."""
+        rid, sid, _, count = row
+        (message,) = self._db.execute("SELECT message FROM log_events WHERE id = ?", (rid,)).fetchone()
+        events = row_events(count, message)
+        freed = taken = 0
+        while freed < excess:
+            freed += len(events[taken].encode()) + EVENT_OVERHEAD
+            taken += 1
+        if taken == count:
+            return row, None
+        return (rid, sid, freed, taken), (rid, rid + taken, "".join(events[taken:]), count - taken)
+
+    def _delete(self, rows: list[tuple[int, int, int, int]], sql: str, params: list[tuple[int]],
+                rest: tuple[int, int, str, int] | None = None) -> int:
+        """Delete `rows` (id, stream id, bytes, events) with `sql`; `rest` is what is left of the last one,
+        which keeps its later events. Returns how many events were deleted."""
         freed: dict[int, int] = {}
-        for _, sid, size in rows:
+        for _, sid, size, _ in rows:
             freed[sid] = freed.get(sid, 0) + size
         with self._transaction() as conn:
+            if rest is not None:  # first, so that its new id is past the rows `sql` deletes
+                conn.execute("UPDATE log_events SET id = ?, message = ?, event_count = ? WHERE id = ?",
+                             (*rest[1:], rest[0]))
             conn.executemany(sql, params)
             conn.executemany("UPDATE log_streams SET stored_bytes = stored_bytes - ? WHERE id = ?",
                              [(b, sid) for sid, b in freed.items()])
@@ -428,7 +516,7 @@ class LogStore:
         if emptied:
             self._streams.clear()
         self.stored_bytes -= sum(freed.values())
-        return len(rows)
+        return sum(row[3] for row in rows)
 
     # -- groups -------------------------------------------------------------------------------------
 
@@ -533,7 +621,8 @@ class LogStore:
         row = conn.execute("SELECT id FROM log_streams WHERE group_id = ? AND name = ?", (gid, stream)).fetchone()
         if row is None:
             raise NotFound("stream")
-        where, params = ["stream_id = ?"], [row[0]]
+        sid = row[0]
+        where, params = ["stream_id = ?"], [sid]
         if start_ms is not None:
             where.append("ts >= ?")
             params.append(start_ms)
@@ -541,18 +630,31 @@ class LogStore:
             where.append("ts < ?")
             params.append(end_ms)
         forward = from_head if token is None else token[0] == "f"
-        if token is not None:
-            where.append("id > ?" if forward else "id < ?")
-            params.append(token[1])
+        after, before = 0, _NO_ID  # the ids of the events wanted lie between
+        if token is not None and forward:  # rows ending past it, from the one holding the token's event (or before)
+            after = token[1]
+            where.append("id >= COALESCE((SELECT MAX(id) FROM log_events WHERE stream_id = ? AND id <= ?), 0)"
+                         " AND id + event_count - 1 > ?")
+            params += [sid, after, after]
+        elif token is not None:
+            before = token[1]
+            where.append("id < ?")
+            params.append(before)
+        # Each row holds at least one event past the token: `limit` rows are enough.
         rows = conn.execute(
-            f"SELECT id, ts, ingested, message FROM log_events WHERE {' AND '.join(where)}"
+            f"SELECT id, ts, ingested, message, event_count FROM log_events WHERE {' AND '.join(where)}"
             f" ORDER BY id {'ASC' if forward else 'DESC'} LIMIT ?", (*params, limit)).fetchall()
-        kept, size = [], 0
-        for r in rows:
-            size += len(r[3]) + EVENT_OVERHEAD
-            if kept and size > _RESPONSE_BYTES:
+        if not forward:
+            rows.reverse()
+        events = [(eid, ts, ingested, text) for first, ts, ingested, message, count in rows
+                  for eid, text in enumerate(row_events(count, message), first) if after < eid < before]
+        kept: list[LogEvent] = []
+        size = 0
+        for eid, ts, ingested, text in events if forward else reversed(events):
+            size += len(text) + EVENT_OVERHEAD
+            if len(kept) == limit or (kept and size > _RESPONSE_BYTES):
                 break
-            kept.append(LogEvent(r[0], stream, r[1], r[2], r[3]))
+            kept.append(LogEvent(eid, stream, ts, ingested, text))
         if not forward:
             kept.reverse()
         if kept:
@@ -600,25 +702,37 @@ class LogStore:
         for term in matcher.required:
             where.append("instr(e.message, ?) > 0")
             params.append(term)
-        if matcher.json:
-            where.append("substr(ltrim(e.message), 1, 1) = '{'")
-        sql = (f"SELECT e.id, e.stream_id, e.ts, e.ingested, e.message FROM log_events e WHERE {' AND '.join(where)}"
-               " AND (e.ts, e.id) > (?, ?) ORDER BY e.ts, e.id LIMIT ?")
+        if matcher.json:  # of a row of several events, any line may be the object
+            where.append("(substr(ltrim(e.message), 1, 1) = '{' OR (e.event_count > 1 AND instr(e.message, '{') > 0))")
+        # Rows whose last event is past the cursor; the tests above, of a row of several, are tested again on
+        # each of its events.
+        sql = (f"SELECT e.id, e.stream_id, e.ts, e.ingested, e.message, e.event_count FROM log_events e"
+               f" WHERE {' AND '.join(where)} AND e.ts >= ? AND (e.ts, e.id + e.event_count - 1) > (?, ?)"
+               " ORDER BY e.ts, e.id LIMIT ?")
         position = cursor or (-1, -1)
         found: list[LogEvent] = []
         scanned = size = 0
         accepts = matcher.accepts
         while True:
-            rows = conn.execute(sql, (*params, *position, _FILTER_CHUNK)).fetchall()
-            for r in rows:
-                scanned += 1
-                position = (r[2], r[0])
-                if accepts is None or accepts(r[4]):
-                    size += len(r[4]) + EVENT_OVERHEAD
-                    found.append(LogEvent(r[0], names.get(r[1], ""), r[2], r[3], r[4]))
-                    if len(found) >= limit or size >= _RESPONSE_BYTES:
+            rows = conn.execute(sql, (*params, position[0], *position, _FILTER_CHUNK)).fetchall()
+            for first, sid, ts, ingested, message, count in rows:
+                for eid, text in enumerate(row_events(count, message), first):
+                    if (ts, eid) <= position or (count > 1 and not _prefilter(matcher, text)):
+                        continue
+                    scanned += 1
+                    position = (ts, eid)
+                    if accepts is None or accepts(text):
+                        size += len(text) + EVENT_OVERHEAD
+                        found.append(LogEvent(eid, names.get(sid, ""), ts, ingested, text))
+                        if len(found) >= limit or size >= _RESPONSE_BYTES:
+                            return FilterPage(found, list(names.values()), position)
+                    if scanned == _FILTER_SCAN:
                         return FilterPage(found, list(names.values()), position)
             if len(rows) < _FILTER_CHUNK:
                 return FilterPage(found, list(names.values()), None)
-            if scanned >= _FILTER_SCAN:
-                return FilterPage(found, list(names.values()), position)
+
+
+def _prefilter(matcher: Matcher, message: str) -> bool:
+    """What `_filter`'s SQL tests of an event's message."""
+    return (all(term in message for term in matcher.required)
+            and (not matcher.json or message.lstrip(" ").startswith("{")))
