@@ -57,3 +57,25 @@ async def test_a_frame_over_the_limit_is_refused(pieces):
     finally:
         worker.close()
         channel.close()
+
+
+async def test_a_deadline_wakes_the_reader_and_is_cleared_for_the_next_invocation():
+    channel, worker = await _pair(1024)
+    try:
+        loop = asyncio.get_running_loop()
+        reading = asyncio.ensure_future(channel.readline())
+        await asyncio.sleep(0.01)
+        channel.expire()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reading, 5)
+        await loop.sock_sendall(worker, b'{"late":1}\n')
+        await asyncio.sleep(0.05)  # received before the next read
+        assert await channel.readline() == b'{"late":1}\n'  # a reply already there wins over the deadline
+        with pytest.raises(TimeoutError):
+            await channel.readline()
+        channel.rearm()
+        await loop.sock_sendall(worker, b'{"next":1}\n')
+        assert await asyncio.wait_for(channel.readline(), 5) == b'{"next":1}\n'
+    finally:
+        worker.close()
+        channel.close()

@@ -264,6 +264,7 @@ class _FrameChannel(asyncio.Protocol):
         self._eof = False
         self._overrun = False
         self._writable: asyncio.Future[None] | None = None  # set while the transport asks us to pause
+        self._expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -317,12 +318,26 @@ class _FrameChannel(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def rearm(self) -> None:
+        """A new invocation: forget a deadline an earlier one met just as its reply arrived."""
+        self._expired = False
+
+    def expire(self) -> None:
+        """The invocation's deadline passed: what waits on this channel raises TimeoutError (a timer handle
+        per invocation costs less than an asyncio.timeout scope on the warm path)."""
+        self._expired = True
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
     async def readline(self) -> bytes:
         """The next frame with its newline; b"" once the worker has closed its end (or is gone). Raises
         FrameTooLarge for a frame longer than the limit."""
         while True:
             if self._lines:
                 return self._lines.popleft()
+            if self._expired:
+                raise TimeoutError
             if self._overrun:
                 raise FrameTooLarge(f"a frame longer than {self.limit} bytes")
             if self._eof:
@@ -337,6 +352,8 @@ class _FrameChannel(asyncio.Protocol):
     async def drain(self) -> None:
         if self._writable is not None:
             await self._writable
+        if self._expired:
+            raise TimeoutError
 
     def close(self) -> None:
         if self.transport is not None:
@@ -490,22 +507,24 @@ class Instance:
         started = time.perf_counter()
         chunks: _Chunks | None = None
         reply: WorkerFrame | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        channel.rearm()
+        timer = loop.call_at(deadline, channel.expire)
         try:
-            # asyncio.timeout (a deadline on this task) rather than wait_for (a new task per await): this is the
-            # warm path, and each saved task is measurable.
-            async with asyncio.timeout(timeout_s):
-                channel.write(encode_invoke(frame))
-                await channel.drain()
+            channel.write(encode_invoke(frame))
+            await channel.drain()
+            line = await channel.readline()
+            reply = worker_frame_decoder.decode(line) if line else None
+            while reply is not None and reply.t == "chunk":
+                if chunks is None:
+                    spec = self.spec
+                    chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
+                if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
+                    async with asyncio.timeout_at(deadline):  # a slow client must not outlast the deadline
+                        await chunks.add(reply)
                 line = await channel.readline()
                 reply = worker_frame_decoder.decode(line) if line else None
-                while reply is not None and reply.t == "chunk":
-                    if chunks is None:
-                        spec = self.spec
-                        chunks = _Chunks(on_chunk, spec.max_stream_bytes if on_chunk else spec.max_frame_bytes)
-                    if reply.id == frame.id:  # not a late write of an earlier stream that ended in an error
-                        await chunks.add(reply)
-                    line = await channel.readline()
-                    reply = worker_frame_decoder.decode(line) if line else None
         except (asyncio.TimeoutError, TimeoutError):
             duration = (time.perf_counter() - started) * 1000
             memory = _peak_rss_mb(self.proc.pid) if self.proc else 0
@@ -526,6 +545,8 @@ class Instance:
             await self._kill()
             limit = self.spec.max_stream_bytes if isinstance(exc, _StreamTooLarge) and on_chunk else None
             return self._too_large(logs, (time.perf_counter() - started) * 1000, limit, chunks)
+        finally:
+            timer.cancel()
         duration = (time.perf_counter() - started) * 1000
         pid = self.proc.pid if self.proc else 0
         if reply is None:
