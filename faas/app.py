@@ -135,6 +135,7 @@ def create_app(config: Config) -> web.Application:
             freeze=rt.freeze,
             freeze_after=rt.freeze_after,
             queue_wait=rt.queue_wait,
+            max_starting=rt.max_starting,
             batch_scheduling=rt.batch_scheduling,
             cgroups=await asyncio.to_thread(MemoryCgroups.detect) if rt.memory_limits else None,
         ))

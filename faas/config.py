@@ -63,6 +63,9 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     # How fast one function adds instances: a burst of this many at once, then scale_rate per second.
     scale_burst: int = 1000
     scale_rate: float = 100.0
+    # Cold starts one function may have in progress at once; more invocations wait for one of those (or for a
+    # busy instance to come free), so a backlog after a stall does not turn into a storm of starts.
+    max_starting: int = 8
     # Seconds between passes that keep provisioned concurrency at the requested number of instances.
     provision_interval: float = 1.0
     # Interpreter per runtime identifier, e.g. {"python3.12" = "/usr/bin/python3.12"}. Runtimes not listed

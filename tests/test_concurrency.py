@@ -221,6 +221,27 @@ def test_instances_run_under_sched_batch(lam, own_server):
     assert json.loads(plain.invoke(FunctionName=name)["Payload"].read()) == os.SCHED_OTHER
 
 
+def test_cold_starts_in_progress_are_capped(own_server):
+    """With runtime.max_starting = 1, four concurrent first invocations start their instances one at a time
+    (each init takes 0.3 s, so their starts are that far apart), and every invocation is still served."""
+    srv = own_server(FAAS_RUNTIME__MAX_STARTING=1)
+    lam = srv.client()
+    code = (
+        "import os, time\n"
+        "STARTED = time.time()\n"
+        "time.sleep(0.3)\n"
+        "def handler(event, context):\n"
+        "    time.sleep(1.0)\n"
+        "    return {'pid': os.getpid(), 'started': STARTED}\n"
+    )
+    name, _ = create_function(lam, code)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = [json.loads(r["Payload"].read()) for r in pool.map(lambda _: lam.invoke(FunctionName=name), range(4))]
+    starts = sorted({r["pid"]: r["started"] for r in results}.values())
+    assert len(starts) >= 2
+    assert all(b - a >= 0.25 for a, b in zip(starts, starts[1:])), starts
+
+
 def test_max_lifetime_recycles(own_server):
     srv = own_server(FAAS_RUNTIME__MAX_LIFETIME=1)
     lam = srv.client()

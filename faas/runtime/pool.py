@@ -63,10 +63,12 @@ class _Pool:
     idle: list[Instance] = field(default_factory=list)  # on-demand, most recently used last
     provisioned: dict[str, list[Instance]] = field(default_factory=dict)  # qualifier -> idle provisioned
     busy: set[Instance] = field(default_factory=set)
-    # Invocations waiting a moment for a busy instance instead of starting one (see Limits.queue_wait).
-    waiters: collections.deque[asyncio.Future[Instance]] = field(default_factory=collections.deque)
+    # Invocations waiting for a busy instance to come free (see Limits.queue_wait) or, while max_starting cold
+    # starts are in progress, for a start slot (a None result).
+    waiters: collections.deque[asyncio.Future[Instance | None]] = field(default_factory=collections.deque)
     busy_since: dict[Instance, float] = field(default_factory=dict)
     typical_s: float | None = None  # moving average of how long this pool's invocations hold an instance
+    starting: int = 0  # instances being started for invocations (cold starts in progress)
 
 
 @dataclass
@@ -95,6 +97,11 @@ class Limits:
     # in this many seconds), wait that long for one to come free before starting another: on a small machine
     # a cold start costs more than a short wait, and starting one per burst only feeds a storm of them.
     queue_wait: float = 0.02
+    # Cold starts one function may have in progress at once; further invocations wait for one of them to finish
+    # or for a busy instance to come free, whichever is first. Starting more at once than the machine can run
+    # only slows every start (and every running invocation) down: after a stall, a backlog of requests would
+    # otherwise become as many cold starts, which deepen the backlog.
+    max_starting: int = 8
     cgroups: MemoryCgroups | None = None  # None: MemorySize is not enforced
     batch_scheduling: bool = True  # instances run under SCHED_BATCH (see `_run_as_batch`)
 
@@ -271,6 +278,10 @@ class Pools:
                 pool.busy_since[found] = time.monotonic()
                 return found, False
             handed = await self._wait_for_release(pool)
+            while handed is None and pool.starting >= self.limits.max_starting:
+                handed = await self._wait(pool)  # a busy instance came free, or a start slot did (None)
+                if handed is None and pool.idle and pool.idle[-1].alive:
+                    handed = pool.idle.pop()  # put back by an invocation that gave up its hand-over
             if handed is not None:
                 self._thaw(handed)  # not frozen: only marks it taken, so no pending freeze applies
                 pool.busy.add(handed)
@@ -278,7 +289,12 @@ class Pools:
                 return handed, False
             if not self._take_token(name):
                 raise Throttled("FunctionInvocationRateLimitExceeded")
-            instance = await self._spawn(key, spec, env, None)
+            pool.starting += 1
+            try:
+                instance = await self._spawn(key, spec, env, None)
+            finally:
+                pool.starting -= 1
+                self._hand_over(pool, None)  # a start slot is free: the first waiter may use it
             self._pools.setdefault(key, pool).busy.add(instance)
             pool.busy_since[instance] = time.monotonic()
             return instance, True
@@ -286,28 +302,48 @@ class Pools:
             self._leave(name)
             raise
 
-    async def _wait_for_release(self, pool: _Pool) -> Instance | None:
-        typical = pool.typical_s
-        if not pool.busy or typical is None or self.limits.queue_wait <= 0 or 2 * typical > self.limits.queue_wait:
-            return None
-        future: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+    def _hand_over(self, pool: _Pool, instance: Instance | None) -> bool:
+        """Wake the first invocation still waiting on `pool` with a free instance, or with None when a start
+        slot came free. False when nobody is waiting."""
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(instance)
+                return True
+        return False
+
+    async def _wait(self, pool: _Pool, timeout: float | None = None) -> Instance | None:
+        """Wait (at most `timeout`) for `_hand_over`: an instance, or None."""
+        future: asyncio.Future[Instance | None] = asyncio.get_running_loop().create_future()
         pool.waiters.append(future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), 2 * typical)
+            if timeout is None:
+                return await future
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             if future.done() and not future.cancelled():
                 return future.result()  # handed over just as the wait ended
             future.cancel()
             return None
         except BaseException:
-            if future.done() and not future.cancelled():  # handed over, but this invocation is gone
+            if future.done() and not future.cancelled():
                 handed = future.result()
-                self._freeze_later(handed)
-                pool.idle.append(handed)
+                if handed is not None:  # handed over, but this invocation is gone
+                    self._freeze_later(handed)
+                    pool.idle.append(handed)
+                else:
+                    self._hand_over(pool, None)  # pass the start slot on
             raise
         finally:
             with contextlib.suppress(ValueError):
                 pool.waiters.remove(future)
+
+    async def _wait_for_release(self, pool: _Pool) -> Instance | None:
+        """For short functions, a moment's wait for a busy instance (see Limits.queue_wait)."""
+        typical = pool.typical_s
+        if not pool.busy or typical is None or self.limits.queue_wait <= 0 or 2 * typical > self.limits.queue_wait:
+            return None
+        return await self._wait(pool, 2 * typical)
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
         self._leave(key[0])
@@ -327,12 +363,8 @@ class Pools:
         if keep:
             assert meta is not None and pool is not None
             instance.last_used = time.monotonic()
-            if meta.provisioned_for is None:
-                while pool.waiters:
-                    waiter = pool.waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result(instance)  # straight to a waiting invocation, still thawed
-                        return
+            if meta.provisioned_for is None and self._hand_over(pool, instance):
+                return  # straight to a waiting invocation, still thawed
             self._freeze_later(instance)
             if meta.provisioned_for is not None:
                 pool.provisioned.setdefault(meta.provisioned_for, []).append(instance)
