@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -37,6 +38,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         await site.start()
         if config.server.port == 0:
             config.server.port = runner.addresses[0][1]
+        # Everything loaded so far (the service models above all) lives as long as the server: keep it out of
+        # the cyclic collector's passes, whose full scans would otherwise stall the event loop for milliseconds.
+        gc.collect()
+        gc.freeze()
         # Tests and scripts wait for this line (or poll /health).
         print(f"faas listening on {config.base_url} (data dir {config.data_path})", flush=True)
         await stop.wait()
