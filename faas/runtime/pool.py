@@ -67,8 +67,13 @@ class _Pool:
     # starts are in progress, for a start slot (a None result).
     waiters: collections.deque[asyncio.Future[Instance | None]] = field(default_factory=collections.deque)
     busy_since: dict[Instance, float] = field(default_factory=dict)
-    typical_s: float | None = None  # moving average of how long this pool's invocations hold an instance
+    # How long this pool's invocations hold an instance, at the quick end: a minimum that creeps up 2% per
+    # invocation, so it follows a function that gets slower but not the queueing delays of a busy server
+    # (which stretch every hold time alike and would make a short function look long).
+    quickest_s: float | None = None
     starting: int = 0  # instances being started for invocations (cold starts in progress)
+    released_at: float = 0.0  # when an invocation last gave back one of this pool's instances
+    slot_waiters: set[asyncio.Future[Instance | None]] = field(default_factory=set)  # of `waiters`: want a slot
 
 
 @dataclass
@@ -93,9 +98,10 @@ class Limits:
     # Seconds an instance must stay idle before it is frozen: back-to-back invocations skip the two signals
     # (and the scheduler work they cause) that freezing and thawing cost.
     freeze_after: float = 0.05
-    # When every instance is busy and invocations of the function are short (twice the typical duration fits
-    # in this many seconds), wait that long for one to come free before starting another: on a small machine
-    # a cold start costs more than a short wait, and starting one per burst only feeds a storm of them.
+    # When every instance is busy and invocations of the function are short (twice the quickest hold time fits
+    # in this many seconds), wait that long for one to come free before starting another, and longer while the
+    # event loop is behind and instances still come free: on a small machine a cold start costs more than a
+    # short wait, and starting one per queued request only feeds a storm of them.
     queue_wait: float = 0.02
     # Cold starts one function may have in progress at once; further invocations wait for one of them to finish
     # or for a busy instance to come free, whichever is first. Starting more at once than the machine can run
@@ -285,7 +291,7 @@ class Pools:
             if handed is not None:
                 self._thaw(handed)  # not frozen: only marks it taken, so no pending freeze applies
                 pool.busy.add(handed)
-                pool.busy_since[handed] = time.monotonic()
+                pool.busy_since.setdefault(handed, time.monotonic())
                 return handed, False
             if not self._take_token(name):
                 raise Throttled("FunctionInvocationRateLimitExceeded")
@@ -303,19 +309,26 @@ class Pools:
             raise
 
     def _hand_over(self, pool: _Pool, instance: Instance | None) -> bool:
-        """Wake the first invocation still waiting on `pool` with a free instance, or with None when a start
-        slot came free. False when nobody is waiting."""
-        while pool.waiters:
-            waiter = pool.waiters.popleft()
-            if not waiter.done():
+        """Wake the first invocation still waiting on `pool` with a free instance, or, with None, the first
+        one waiting for a start slot (one came free). False when nobody took it."""
+        for waiter in pool.waiters:
+            if not waiter.done() and (instance is not None or waiter in pool.slot_waiters):
+                pool.waiters.remove(waiter)
+                if instance is not None:
+                    # Busy from now: the waiting invocation may not run for a while when the loop is behind.
+                    pool.busy.add(instance)
+                    pool.busy_since[instance] = time.monotonic()
                 waiter.set_result(instance)
                 return True
         return False
 
     async def _wait(self, pool: _Pool, timeout: float | None = None) -> Instance | None:
-        """Wait (at most `timeout`) for `_hand_over`: an instance, or None."""
+        """Wait for `_hand_over`: an instance or, without a `timeout`, a start slot (None). After `timeout`
+        (an instance was all that would do), None."""
         future: asyncio.Future[Instance | None] = asyncio.get_running_loop().create_future()
         pool.waiters.append(future)
+        if timeout is None:
+            pool.slot_waiters.add(future)
         try:
             if timeout is None:
                 return await future
@@ -329,21 +342,37 @@ class Pools:
             if future.done() and not future.cancelled():
                 handed = future.result()
                 if handed is not None:  # handed over, but this invocation is gone
-                    self._freeze_later(handed)
-                    pool.idle.append(handed)
+                    pool.busy.discard(handed)
+                    pool.busy_since.pop(handed, None)
+                    if not self._hand_over(pool, handed):
+                        self._freeze_later(handed)
+                        pool.idle.append(handed)
                 else:
                     self._hand_over(pool, None)  # pass the start slot on
             raise
         finally:
+            pool.slot_waiters.discard(future)
             with contextlib.suppress(ValueError):
                 pool.waiters.remove(future)
 
     async def _wait_for_release(self, pool: _Pool) -> Instance | None:
         """For short functions, a moment's wait for a busy instance (see Limits.queue_wait)."""
-        typical = pool.typical_s
-        if not pool.busy or typical is None or self.limits.queue_wait <= 0 or 2 * typical > self.limits.queue_wait:
+        quickest = pool.quickest_s
+        wait = self.limits.queue_wait
+        if not pool.busy or quickest is None or wait <= 0 or 2 * quickest > wait:
             return None
-        return await self._wait(pool, 2 * typical)
+        loop = asyncio.get_running_loop()
+        while True:
+            begun = loop.time()
+            handed = await self._wait(pool, wait)
+            if handed is not None:
+                return handed
+            # Timed out. When the timeout itself fired late, the event loop is behind: the server, not the
+            # number of instances, is what keeps requests waiting, and while instances still come free a new
+            # one would only take CPU from it. Keep waiting then.
+            now = loop.time()
+            if now - begun - wait < wait / 4 or not pool.busy or time.monotonic() - pool.released_at >= wait:
+                return None
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
         self._leave(key[0])
@@ -351,9 +380,10 @@ class Pools:
         if pool is not None:
             pool.busy.discard(instance)
             began = pool.busy_since.pop(instance, None)
+            pool.released_at = time.monotonic()
             if began is not None:
-                held = time.monotonic() - began
-                pool.typical_s = held if pool.typical_s is None else 0.8 * pool.typical_s + 0.2 * held
+                held = pool.released_at - began
+                pool.quickest_s = held if pool.quickest_s is None else min(held, pool.quickest_s * 1.02)
         meta = self._meta.get(instance)
         keep = (
             reusable and meta is not None and pool is not None and not self._closing
