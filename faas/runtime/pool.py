@@ -73,6 +73,8 @@ class _Pool:
     quickest_s: float | None = None
     starting: int = 0  # instances being started for invocations (cold starts in progress)
     released_at: float = 0.0  # when an invocation last gave back one of this pool's instances
+    release_gap_s: float = 0.0  # moving average of the time between such releases
+    fastest_s: float | None = None  # the shortest hold time seen (creeping up 0.1% per invocation)
     slot_waiters: set[asyncio.Future[Instance | None]] = field(default_factory=set)  # of `waiters`: want a slot
 
 
@@ -362,16 +364,22 @@ class Pools:
         if not pool.busy or quickest is None or wait <= 0 or 2 * quickest > wait:
             return None
         loop = asyncio.get_running_loop()
+        give_up = loop.time() + 10 * wait  # however things look, start one after this long
         while True:
             begun = loop.time()
             handed = await self._wait(pool, wait)
             if handed is not None:
                 return handed
-            # Timed out. When the timeout itself fired late, the event loop is behind: the server, not the
-            # number of instances, is what keeps requests waiting, and while instances still come free a new
-            # one would only take CPU from it. Keep waiting then.
-            now = loop.time()
-            if now - begun - wait < wait / 4 or not pool.busy or time.monotonic() - pool.released_at >= wait:
+            # Timed out. Keep waiting while instances still come free (one did lately) and either the queue
+            # ahead would drain within `wait` at the rate they come free, or the machine rather than the number
+            # of instances is what keeps requests waiting: the timeout itself fired late (the event loop is
+            # behind), or even the quickest invocations hold their instance far longer than they used to
+            # (replies wait for a busy server or CPU). A new instance would then only take CPU from the rest.
+            if not pool.busy or time.monotonic() - pool.released_at >= wait or begun + wait >= give_up:
+                return None
+            late = loop.time() - begun - wait >= wait / 4
+            slowed = pool.fastest_s is not None and (pool.quickest_s or 0.0) > 3 * pool.fastest_s
+            if not late and not slowed and len(pool.waiters) * pool.release_gap_s >= wait:
                 return None
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
@@ -380,10 +388,14 @@ class Pools:
         if pool is not None:
             pool.busy.discard(instance)
             began = pool.busy_since.pop(instance, None)
-            pool.released_at = time.monotonic()
+            now = time.monotonic()
+            if pool.released_at:
+                pool.release_gap_s = 0.9 * pool.release_gap_s + 0.1 * min(now - pool.released_at, 1.0)
+            pool.released_at = now
             if began is not None:
                 held = pool.released_at - began
                 pool.quickest_s = held if pool.quickest_s is None else min(held, pool.quickest_s * 1.02)
+                pool.fastest_s = held if pool.fastest_s is None else min(held, pool.fastest_s * 1.001)
         meta = self._meta.get(instance)
         keep = (
             reusable and meta is not None and pool is not None and not self._closing
