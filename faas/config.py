@@ -57,9 +57,10 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     freeze: bool = True
     # ... once they have been idle this many seconds (back-to-back invocations then cost no signals).
     freeze_after: float = 0.05
-    # Seconds an invocation of a short function waits for a busy instance to come free before a new one starts
-    # (only when twice its quickest duration fits in it), longer while the server itself is behind and
-    # instances still come free; 0 starts one at once, as Lambda does.
+    # Short functions (twice their quickest duration fits in this many seconds): an invocation that finds every
+    # instance busy waits twice that duration for one to come free before a new one starts, and longer (up to
+    # ten times this) while the server itself is behind and instances still come free; 0 starts one at once,
+    # as Lambda does.
     queue_wait: float = 0.02
     # How fast one function adds instances: a burst of this many at once, then scale_rate per second.
     scale_burst: int = 1000

@@ -73,8 +73,6 @@ class _Pool:
     quickest_s: float | None = None
     starting: int = 0  # instances being started for invocations (cold starts in progress)
     released_at: float = 0.0  # when an invocation last gave back one of this pool's instances
-    release_gap_s: float = 0.0  # moving average of the time between such releases
-    fastest_s: float | None = None  # the shortest hold time seen (creeping up 0.1% per invocation)
     slot_waiters: set[asyncio.Future[Instance | None]] = field(default_factory=set)  # of `waiters`: want a slot
 
 
@@ -101,9 +99,10 @@ class Limits:
     # (and the scheduler work they cause) that freezing and thawing cost.
     freeze_after: float = 0.05
     # When every instance is busy and invocations of the function are short (twice the quickest hold time fits
-    # in this many seconds), wait that long for one to come free before starting another, and longer while the
-    # event loop is behind and instances still come free: on a small machine a cold start costs more than a
-    # short wait, and starting one per queued request only feeds a storm of them.
+    # in this many seconds), wait twice that time for one to come free before starting another, and
+    # longer (up to ten times this) while the event loop is behind and instances still come free: on a small
+    # machine a cold start costs more than a short wait, and when the server is the bottleneck, starting one
+    # per queued request only feeds a storm of them.
     queue_wait: float = 0.02
     # Cold starts one function may have in progress at once; further invocations wait for one of them to finish
     # or for a busy instance to come free, whichever is first. Starting more at once than the machine can run
@@ -358,7 +357,8 @@ class Pools:
                 pool.waiters.remove(future)
 
     async def _wait_for_release(self, pool: _Pool) -> Instance | None:
-        """For short functions, a moment's wait for a busy instance (see Limits.queue_wait)."""
+        """For short functions, a moment's wait for a busy instance (see Limits.queue_wait). None: start one
+        (or a start slot came free)."""
         quickest = pool.quickest_s
         wait = self.limits.queue_wait
         if not pool.busy or quickest is None or wait <= 0 or 2 * quickest > wait:
@@ -367,19 +367,15 @@ class Pools:
         give_up = loop.time() + 10 * wait  # however things look, start one after this long
         while True:
             begun = loop.time()
-            handed = await self._wait(pool, wait)
+            handed = await self._wait(pool, 2 * quickest)
             if handed is not None:
                 return handed
-            # Timed out. Keep waiting while instances still come free (one did lately) and either the queue
-            # ahead would drain within `wait` at the rate they come free, or the machine rather than the number
-            # of instances is what keeps requests waiting: the timeout itself fired late (the event loop is
-            # behind), or even the quickest invocations hold their instance far longer than they used to
-            # (replies wait for a busy server or CPU). A new instance would then only take CPU from the rest.
-            if not pool.busy or time.monotonic() - pool.released_at >= wait or begun + wait >= give_up:
+            # Timed out. Keep waiting only while instances still come free (one did lately) and the timeout
+            # itself fired late: the event loop is behind, so the server, not the number of instances, is what
+            # keeps requests waiting, and a new instance would only take CPU from it.
+            if not pool.busy or time.monotonic() - pool.released_at >= wait or loop.time() >= give_up:
                 return None
-            late = loop.time() - begun - wait >= wait / 4
-            slowed = pool.fastest_s is not None and (pool.quickest_s or 0.0) > 3 * pool.fastest_s
-            if not late and not slowed and len(pool.waiters) * pool.release_gap_s >= wait:
+            if loop.time() - begun - 2 * quickest < wait / 4:
                 return None
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
@@ -388,14 +384,10 @@ class Pools:
         if pool is not None:
             pool.busy.discard(instance)
             began = pool.busy_since.pop(instance, None)
-            now = time.monotonic()
-            if pool.released_at:
-                pool.release_gap_s = 0.9 * pool.release_gap_s + 0.1 * min(now - pool.released_at, 1.0)
-            pool.released_at = now
+            pool.released_at = time.monotonic()
             if began is not None:
                 held = pool.released_at - began
                 pool.quickest_s = held if pool.quickest_s is None else min(held, pool.quickest_s * 1.02)
-                pool.fastest_s = held if pool.fastest_s is None else min(held, pool.fastest_s * 1.001)
         meta = self._meta.get(instance)
         keep = (
             reusable and meta is not None and pool is not None and not self._closing
