@@ -285,7 +285,10 @@ class Pools:
                 pool.busy_since[found] = time.monotonic()
                 return found, False
             handed = await self._wait_for_release(pool)
-            while handed is None and pool.starting >= self.limits.max_starting:
+            # A short function's instance serves hundreds of invocations a second: one start at a time adds
+            # capacity fast enough, where several at once would take the CPU the running ones need.
+            cap = 1 if self._short(pool) else self.limits.max_starting
+            while handed is None and pool.starting >= cap:
                 handed = await self._wait(pool)  # a busy instance came free, or a start slot did (None)
                 if handed is None and pool.idle and pool.idle[-1].alive:
                     handed = pool.idle.pop()  # put back by an invocation that gave up its hand-over
@@ -356,12 +359,17 @@ class Pools:
             with contextlib.suppress(ValueError):
                 pool.waiters.remove(future)
 
+    def _short(self, pool: _Pool) -> bool:
+        """Whether the pool's function is short: twice its quickest invocation fits in queue_wait."""
+        wait = self.limits.queue_wait
+        return wait > 0 and pool.quickest_s is not None and 2 * pool.quickest_s <= wait
+
     async def _wait_for_release(self, pool: _Pool) -> Instance | None:
         """For short functions, a moment's wait for a busy instance (see Limits.queue_wait). None: start one
         (or a start slot came free)."""
         quickest = pool.quickest_s
         wait = self.limits.queue_wait
-        if not pool.busy or quickest is None or wait <= 0 or 2 * quickest > wait:
+        if not pool.busy or quickest is None or not self._short(pool):
             return None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 10 * wait  # however things look, start one after this long
