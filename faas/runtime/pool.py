@@ -67,10 +67,12 @@ class _Pool:
     # starts are in progress, for a start slot (a None result).
     waiters: collections.deque[asyncio.Future[Instance | None]] = field(default_factory=collections.deque)
     busy_since: dict[Instance, float] = field(default_factory=dict)
-    # How long this pool's invocations hold an instance, at the quick end: a minimum that creeps up 2% per
-    # invocation, so it follows a function that gets slower but not the queueing delays of a busy server
-    # (which stretch every hold time alike and would make a short function look long).
+    # How long this pool's invocations hold an instance, at the quick end: a minimum that creeps up by half per
+    # second, so it follows a function that gets slower but not the queueing delays of a busy server (which
+    # stretch every hold time alike and would make a short function look long).
     quickest_s: float | None = None
+    quickest_at: float = 0.0  # when it was last updated
+    typical_s: float | None = None  # their moving average
     starting: int = 0  # instances being started for invocations (cold starts in progress)
     released_at: float = 0.0  # when an invocation last gave back one of this pool's instances
     slot_waiters: set[asyncio.Future[Instance | None]] = field(default_factory=set)  # of `waiters`: want a slot
@@ -378,12 +380,14 @@ class Pools:
             handed = await self._wait(pool, 2 * quickest)
             if handed is not None:
                 return handed
-            # Timed out. Keep waiting only while instances still come free (one did lately) and the timeout
-            # itself fired late: the event loop is behind, so the server, not the number of instances, is what
-            # keeps requests waiting, and a new instance would only take CPU from it.
+            # Timed out. Keep waiting only while instances still come free (one did lately) and the machine,
+            # not the number of instances, is what keeps requests waiting: the timeout itself fired late (the
+            # event loop is behind), or invocations hold their instance far longer than the quickest do (their
+            # replies wait for a busy server or CPU). A new instance would then only take CPU from the rest.
             if not pool.busy or time.monotonic() - pool.released_at >= wait or loop.time() >= give_up:
                 return None
-            if loop.time() - begun - 2 * quickest < wait / 4:
+            late = loop.time() - begun - 2 * quickest >= wait / 4
+            if not late and (pool.typical_s or 0.0) < 4 * quickest:
                 return None
 
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
@@ -395,7 +399,12 @@ class Pools:
             pool.released_at = time.monotonic()
             if began is not None:
                 held = pool.released_at - began
-                pool.quickest_s = held if pool.quickest_s is None else min(held, pool.quickest_s * 1.02)
+                # It creeps up by half per second, not per invocation: under a sustained overload every hold
+                # is stretched, and the quickest must still show what the function itself takes.
+                creep = 1.0 + 0.5 * min(pool.released_at - pool.quickest_at, 1.0)
+                pool.quickest_s = held if pool.quickest_s is None else min(held, pool.quickest_s * creep)
+                pool.quickest_at = pool.released_at
+                pool.typical_s = held if pool.typical_s is None else 0.9 * pool.typical_s + 0.1 * held
         meta = self._meta.get(instance)
         keep = (
             reusable and meta is not None and pool is not None and not self._closing
