@@ -195,10 +195,9 @@ async def parse_input(plan: _InputPlan, request: web.Request) -> dict[str, Any]:
     if plan.shape is None:
         return {}
     params: dict[str, Any] = {}
-    if plan.uri:
-        match_info = request.match_info
-        for member, where, mshape in plan.uri:
-            raw = match_info.get(where)
+    for members, source in ((plan.uri, request.match_info), (plan.headers, request.headers)):
+        for member, where, mshape in members:
+            raw = source.get(where)
             if raw is not None:
                 params[member] = _scalar(mshape, raw, where)
     if plan.query:
@@ -210,12 +209,6 @@ async def parse_input(plan: _InputPlan, request: web.Request) -> dict[str, Any]:
                     params[member] = [_scalar(mshape.member, v, where) for v in values]
             elif where in query:
                 params[member] = _scalar(mshape, query[where], where)
-    if plan.headers:
-        headers = request.headers
-        for member, where, mshape in plan.headers:
-            raw = headers.get(where)
-            if raw is not None:
-                params[member] = _scalar(mshape, raw, where)
 
     body = await request.read()
     if plan.payload is not None:
