@@ -59,14 +59,14 @@ class RuntimeConfig(msgspec.Struct, forbid_unknown_fields=True):
     freeze_after: float = 0.05
     # Short functions (twice their quickest duration fits in this many seconds): an invocation that finds every
     # instance busy waits twice that duration for one to come free before a new one starts, and longer (up to
-    # ten times this) while the server itself is behind and instances still come free; 0 starts one at once,
-    # as Lambda does.
+    # ten times this) while instances still come free but the machine is the limit (the server is behind, or
+    # invocations are stretched far past the quickest); 0 starts one at once, as Lambda does.
     queue_wait: float = 0.02
     # How fast one function adds instances: a burst of this many at once, then scale_rate per second.
     scale_burst: int = 1000
     scale_rate: float = 100.0
-    # Cold starts one function may have in progress at once; more invocations wait for one of those (or for a
-    # busy instance to come free), so a backlog after a stall does not turn into a storm of starts.
+    # Cold starts one function may have in progress at once (a short one, see queue_wait: one); more invocations
+    # wait for one of those (or for a busy instance to come free), so a backlog does not become a storm of starts.
     max_starting: int = 8
     # Seconds between passes that keep provisioned concurrency at the requested number of instances.
     provision_interval: float = 1.0

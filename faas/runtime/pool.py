@@ -101,10 +101,11 @@ class Limits:
     # (and the scheduler work they cause) that freezing and thawing cost.
     freeze_after: float = 0.05
     # When every instance is busy and invocations of the function are short (twice the quickest hold time fits
-    # in this many seconds), wait twice that time for one to come free before starting another, and
-    # longer (up to ten times this) while the event loop is behind and instances still come free: on a small
-    # machine a cold start costs more than a short wait, and when the server is the bottleneck, starting one
-    # per queued request only feeds a storm of them.
+    # in this many seconds), wait twice that time for one to come free before starting another, and longer
+    # (up to ten times this) while instances still come free but the machine is the limit (the event loop is
+    # behind, or hold times are stretched far past the quickest): on a small machine a cold start costs more
+    # than a short wait, and when the server is the bottleneck, starting one per queued request only feeds a
+    # storm of them.
     queue_wait: float = 0.02
     # Cold starts one function may have in progress at once; further invocations wait for one of them to finish
     # or for a busy instance to come free, whichever is first. Starting more at once than the machine can run
