@@ -214,7 +214,8 @@ def test_instances_run_under_sched_batch(lam, own_server):
     code = "import os\ndef handler(event, context):\n    return os.sched_getscheduler(0)\n"
     name, _ = create_function(lam, code)
     assert json.loads(lam.invoke(FunctionName=name)["Payload"].read()) == os.SCHED_BATCH
-    exec_name, _ = create_function(lam, code, Environment={"Variables": {"PYTHONHASHSEED": "1"}})  # a start-up variable: exec'd
+    # A start-up variable: this one's instances are exec'd, not forked.
+    exec_name, _ = create_function(lam, code, Environment={"Variables": {"PYTHONHASHSEED": "1"}})
     assert json.loads(lam.invoke(FunctionName=exec_name)["Payload"].read()) == os.SCHED_BATCH
     plain = own_server(FAAS_RUNTIME__BATCH_SCHEDULING="false").client()
     name, _ = create_function(plain, code)

@@ -3,9 +3,9 @@
 The worker talks JSON lines over a socket pair; its stdout and stderr share one pipe, which is the function's
 log. After each request the worker writes a sentinel to that pipe, so the server knows which output belongs
 to which request even though the log and the frames travel on different channels; a reply that says the pipe
-was already drained (the server had read every byte of output when the reply was sent) comes without one. A Python worker is forked
-by a zygote (`zygote.py`) when the server has zygotes and they accept the instance; every other worker is
-exec'd.
+was already drained (the server had read every byte of output when the reply was sent) comes without one.
+A Python worker is forked by a zygote (`zygote.py`) when the server has zygotes and they accept the instance;
+every other worker is exec'd.
 """
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ An exception raised while streaming ends the stream with an error frame.
 Before each reply frame (and before ready/init_error, under the id "init") the worker flushes its
 streams and writes b"\\x1e" + id + b"\\x1e" to fd 1, so the server knows that request's output is
 complete; a reply may instead carry "drained":true, when the pipe held no unread bytes as the reply was
-sent (the server has read all the output already) and no sentinel was written. EOF on the input or a shutdown frame ends the process with status 0. A handler raising
-SystemExit or KeyboardInterrupt ends it at once, with no frame.
+sent (the server has read all the output already) and no sentinel was written. EOF on the input or a
+shutdown frame ends the process with status 0. A handler raising SystemExit or KeyboardInterrupt ends it at
+once, with no frame.
 """
 
 import time
