@@ -15,7 +15,7 @@ from benchmarks.loadgen import Closed, LoadGenerator, Open
 from benchmarks.report import Result, Table, now_iso
 from benchmarks.scenarios import Shared
 from benchmarks.scenarios.warm import setup_noop
-from benchmarks.servers import CpuMeter, descendants, settle, start_faas
+from benchmarks.servers import BaselineServer, CpuMeter, descendants, settle, start_faas
 
 PROBE_CONCURRENCY = (4, 8)
 
@@ -30,7 +30,7 @@ def run(opts: Any, shared: Shared) -> Result:
     if note:
         notes.append(note)
     with server, LoadGenerator() as gen:
-        url, _ = setup_noop(server.url, opts.runtime, gen)
+        url, reply = setup_noop(server.url, opts.runtime, gen)
         # As many warm instances as the warm scenario's top level ended with.
         gen.run(Closed(url, body, max(opts.concurrency), duration=0.0, warmup=1.0))
         if opts.rps:
@@ -59,6 +59,14 @@ def run(opts: Any, shared: Shared) -> Result:
                                      "generator_cpu": round(out.cpu_share, 3), "server_cpu": round(server_cpu, 3),
                                      "workers_cpu": round(workers_cpu, 3),
                                      "instances_after": len(descendants(server.pid))})
+        # The same schedule against a bare aiohttp server: this generator's own floor (its timers count whole
+        # milliseconds, so sends go out up to 1 ms late and several at once), which faas's figures include too.
+        with BaselineServer(reply) as baseline:
+            base_url = baseline.url + functions.INVOKE_PATH.format(name="noop")
+            for f in figures["rates"]:
+                out = gen.run(Open(base_url, body, f["rps"], duration))
+                f["baseline_latency_ms"] = stats.summary(out.latencies_ms)
+                f["baseline_achieved_rps"] = round(out.ok / out.elapsed_s, 1)
     if server.leaked:
         notes.append(f"{len(server.leaked)} process(es) outlived the server; the harness killed them")
     for f in figures["rates"]:
@@ -66,14 +74,18 @@ def run(opts: Any, shared: Shared) -> Result:
             notes.append(f"{stats.rate(f['rps'])}: errors {f['errors']}")
     rows = [[stats.pct(f["share_pct"]), stats.rate(f["rps"]), stats.rate(f["achieved_rps"]),
              stats.ms(f["latency_ms"].get("p50")), stats.ms(f["latency_ms"].get("p90")),
-             stats.ms(f["latency_ms"].get("p99")), stats.ms(f["latency_ms"].get("max")), str(f["dropped"]),
+             stats.ms(f["latency_ms"].get("p99")), stats.ms(f["latency_ms"].get("max")),
+             stats.ms(f["baseline_latency_ms"].get("p50")), stats.ms(f["baseline_latency_ms"].get("p99")),
+             str(f["dropped"]),
              str(sum(f["errors"].values())), str(f["instances_after"]), stats.ms(f["max_send_lag_ms"]),
              stats.pct(f["generator_cpu"] * 100), stats.pct(f["server_cpu"] * 100),
              stats.pct(f["workers_cpu"] * 100)] for f in figures["rates"]]
     table = Table(f"Open loop, no-op function, {duration:g} s per rate; latency from the scheduled send time",
-                  ["share of peak", "rate", "served", "p50", "p90", "p99", "max", "dropped", "errors",
+                  ["share of peak", "rate", "served", "p50", "p90", "p99", "max", "base p50", "base p99",
+                   "dropped", "errors",
                    "instances", "send lag max", "gen CPU", "server CPU", "workers CPU"], rows)
-    notes.append("served: answers per second of schedule; dropped: due while 256 requests were outstanding, so "
+    notes.append("served: answers per second of schedule; base p50/p99: the same schedule against the bare aiohttp "
+                 "server (the generator's own floor); dropped: due while 256 requests were outstanding, so "
                  "never sent; errors: non-200 answers, function errors and timeouts (10 s); instances: "
                  "processes below the server after the rate (workers, and a zygote if any); CPU as % of one core")
     options = {"rates_pct": opts.rates, "rps": opts.rps, "duration": duration, "payload_bytes": len(body),
