@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -54,7 +55,7 @@ from faas.store.autoscaling import AutoscalingStore
 from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.events import EventStore
-from faas.store.layers import Layers
+from faas.store.layers import Layers, prune_opt
 from faas.store.logstore import LogSettings, LogStore
 from faas.store.mappings import Mappings
 from faas.store.provisioned import ConcurrencySettings
@@ -62,6 +63,8 @@ from faas.store.registry import Registry
 from faas.store.topics import TopicStore
 from faas.store.urls import FunctionUrls
 from faas.tracing import SpanExporter, Tracer, trace_file
+
+log = logging.getLogger(__name__)
 
 # Built-in AWS services on the same port, told apart by X-Amz-Target (botocore model names).
 JSON_SERVICES: list[str] = ["kinesis", "application-autoscaling", "events", "sqs", "logs"]
@@ -159,6 +162,9 @@ def create_app(config: Config) -> web.Application:
         sandbox = await asyncio.to_thread(detect_sandbox, config.runtime.sandbox, config.runtime.network)
         router = Router(config, arns, registry, code, pools, interpreters, sandbox, logs=app[_LOGS],
                         metrics=metrics, tracer=app[_TRACER])
+        pruned = await prune_opt(config.data_path / "opt", await registry.layer_lists())
+        if pruned:
+            log.info("removed %d merged /opt director%s no function version uses", pruned, "y" if pruned == 1 else "ies")
         concurrency = ConcurrencySettings(db)
         provisioner = Provisioner(router, pools, concurrency, config.runtime.provision_interval)
         async_events = AsyncEvents(db)

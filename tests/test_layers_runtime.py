@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import ROLE, create_function, make_zip, unique
+from conftest import ROLE, Server, create_function, make_zip, unique
 
 
 def publish(lam, files: dict[str, str], modes: dict[str, int] | None = None, **kwargs) -> str:
@@ -66,3 +66,28 @@ def test_missing_layer_is_rejected(lam):
     with pytest.raises(lam.exceptions.InvalidParameterValueException) as exc:
         create_function(lam, "def handler(e, c):\n    return 1\n", Layers=[missing])
     assert exc.value.response["Error"]["Message"] == f"Layer version {missing} does not exist."
+
+
+def test_unused_opt_merges_are_removed_at_start(tmp_path):
+    """A merged /opt outlives the function versions that used it until the server restarts; then only the merges
+    some version still uses are kept, and they still serve."""
+    srv = Server(tmp_path / "data").start()
+    try:
+        lam = srv.client()
+        a = publish(lam, {"python/shared.py": "VALUE = 'a'\n"})
+        b = publish(lam, {"python/shared.py": "VALUE = 'b'\n"})
+        code = "import shared\ndef handler(e, c):\n    return shared.VALUE\n"
+        kept, _ = create_function(lam, code, Layers=[a])
+        gone, _ = create_function(lam, code, Layers=[b])
+        assert run(lam, kept) == "a" and run(lam, gone) == "b"
+        opt = tmp_path / "data" / "opt"
+        assert len([p for p in opt.iterdir() if p.name != "tmp"]) == 2
+        lam.delete_function(FunctionName=gone)
+    finally:
+        srv.stop()
+    srv = Server(tmp_path / "data").start()
+    try:
+        assert len([p for p in opt.iterdir() if p.name != "tmp"]) == 1
+        assert run(srv.client(), kept) == "a"
+    finally:
+        srv.stop()

@@ -333,6 +333,25 @@ async def assemble_opt(code: CodeStore, root: Path, layer_digests: list[str]) ->
     return final
 
 
+async def prune_opt(root: Path, in_use: list[list[str]]) -> int:
+    """Remove the merged /opt directories under `root` that no function version's layer list (`in_use`) makes.
+    For start-up, before any instance runs from them: a merge outlives the versions that used it, and its hard
+    links keep a deleted layer's files on disk. Returns how many were removed."""
+    keep = {opt_key(digests) for digests in in_use} | {"tmp"}
+    return await asyncio.to_thread(_prune_opt, Path(root), keep)
+
+
+def _prune_opt(root: Path, keep: set[str]) -> int:
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        if entry.name not in keep:
+            _remove(entry)
+            removed += 1
+    return removed
+
+
 def _build_opt(trees: list[Path], root: Path, final: Path) -> None:
     for tree in trees:
         if not tree.is_dir():

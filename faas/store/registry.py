@@ -318,6 +318,14 @@ class Registry:
         async with self.db.transaction() as conn:
             return await self._drop_unused_packages(conn, [digest])
 
+    async def layer_lists(self) -> list[list[str]]:
+        """The code digests of the layers of every function version that has some, in each one's order."""
+        rows = await self.db.fetchall(
+            "SELECT DISTINCT json_extract(config, '$.Layers') AS layers FROM versions"
+            " WHERE json_array_length(config, '$.Layers') > 0"
+        )
+        return [[ref["sha256"] for ref in msgspec.json.decode(row["layers"])] for row in rows]
+
     async def usage(self) -> tuple[int, int]:
         """(number of functions, total code size of all versions) for GetAccountSettings."""
         row = await self.db.fetchone(
