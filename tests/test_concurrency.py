@@ -133,6 +133,25 @@ def test_provisioned_concurrency(own_server, tmp_path):
     wait_for(lambda: call(lam, name, "live")[0]["init"] == "on-demand", timeout=10)
 
 
+def test_provisioned_instance_logs_its_init(own_server):
+    """A provisioned instance's INIT_START and module-level output go to its own log stream when it starts, as
+    Lambda logs them; its invocations then report no init."""
+    srv = own_server(FAAS_RUNTIME__PROVISION_INTERVAL=0.2)
+    lam, logs = srv.client(), srv.client("logs")
+    name, _ = create_function(lam, "print('warming up')\n" + PROBE, Publish=True)
+    lam.create_alias(FunctionName=name, Name="live", FunctionVersion="1")
+    lam.put_provisioned_concurrency_config(FunctionName=name, Qualifier="live", ProvisionedConcurrentExecutions=1)
+    wait_for(lambda: lam.get_provisioned_concurrency_config(FunctionName=name, Qualifier="live")["Status"] == "READY",
+             timeout=30)
+    events = logs.filter_log_events(logGroupName=f"/aws/lambda/{name}")["events"]
+    assert len(events) == 2 and events[0]["message"].startswith("INIT_START Runtime Version: python:3.11")
+    assert events[1]["message"] == "warming up\n"
+    _, log = call(lam, name, "live")
+    assert "Init Duration" not in log and "warming up" not in log
+    streams = logs.describe_log_streams(logGroupName=f"/aws/lambda/{name}")["logStreams"]
+    assert len(streams) == 1, "the invocation ran on the provisioned instance, in the stream its init went to"
+
+
 def test_provisioned_follows_alias_and_reports_init_failure(own_server):
     srv = own_server(FAAS_RUNTIME__PROVISION_INTERVAL=0.2)
     lam = srv.client()

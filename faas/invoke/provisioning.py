@@ -82,7 +82,7 @@ class Provisioner:
         if status.status == "FAILED" and status.reason == "FUNCTION_ERROR_INIT_FAILURE":
             return
         try:
-            await asyncio.gather(*(
+            started = await asyncio.gather(*(
                 self.pools.provision(prepared.key, prepared.spec, prepared.env, qualifier) for _ in range(missing)
             ))
         except InitFailure:
@@ -92,6 +92,8 @@ class Provisioner:
         except Exception:
             log.exception("provisioning %s:%s failed", name, qualifier)
             return
+        for instance in started:
+            self.router.record_init(fv, prepared.interpreter, instance)
         if self.pools.provisioned_count(name, qualifier) >= setting.requested:
             status.status, status.reason = "READY", None
 

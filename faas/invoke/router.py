@@ -17,7 +17,7 @@ from faas.errors import (
 )
 from faas.logs import invocation_log
 from faas.metrics import FunctionMetrics, Metrics
-from faas.runtime.instance import InitFailure, InstanceSpec, Outcome
+from faas.runtime.instance import InitFailure, Instance, InstanceSpec, Outcome
 from faas.runtime.pool import PoolKey, Pools, Throttled, log_stream_name
 from faas.runtime.protocol import InvokeFrame, single_line
 from faas.runtime.environment import Paths, function_environment
@@ -221,6 +221,15 @@ class Router:
         if self.logs is not None:
             group = fv.config.logging.log_group or f"/aws/lambda/{fv.function_name}"
             self.logs.record(fv.function_name, group, stream, result.log, time.time())
+
+    def record_init(self, fv: FunctionVersion, interpreter: Interpreter, instance: Instance) -> None:
+        """A provisioned instance's initialisation as Lambda logs it, in the instance's own log stream ahead of
+        its invocations: INIT_START and what the function's module-level code printed. (A cold start's goes
+        into its first invocation's log instead, and provisioned instances' invocations report no init.)"""
+        if self.logs is not None:
+            group = fv.config.logging.log_group or f"/aws/lambda/{fv.function_name}"
+            text = self._init_start(fv, interpreter) + instance.init_output
+            self.logs.record(fv.function_name, group, instance.log_stream, text, time.time())
 
     async def prepare(self, fv: FunctionVersion, initialization: str = "on-demand") -> Prepared:
         """How instances of a version start: pool key, spec and environment. Cached: the key includes the
