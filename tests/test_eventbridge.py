@@ -445,10 +445,10 @@ def test_target_lifecycle(events):
         {"Id": "q", "Arn": queue, "InputPath": "$.detail"},
         {"Id": "alias", "Arn": f"{fn}:live", "InputTransformer": {
             "InputPathsMap": {"total": "$.detail.total"}, "InputTemplate": '{"t": <total>}'}},
-        {"Id": "sns", "Arn": "arn:aws:sns:us-east-1:000000000000:topic"},
+        {"Id": "stream", "Arn": "arn:aws:kinesis:us-east-1:000000000000:stream/some-stream"},
     ])
     assert resp["FailedEntryCount"] == 1
-    assert resp["FailedEntries"][0]["TargetId"] == "sns"
+    assert resp["FailedEntries"][0]["TargetId"] == "stream"
     assert resp["FailedEntries"][0]["ErrorCode"] == "ValidationException"
 
     targets = events.list_targets_by_rule(Rule=rule)["Targets"]
@@ -537,6 +537,24 @@ def test_put_events_failed_entries(events):
     assert entries[2] == {"ErrorCode": "MalformedDetail", "ErrorMessage": "Detail is malformed."}
     assert entries[3]["ErrorCode"] == "InvalidArgument" and "Source" in entries[3]["ErrorMessage"]
     assert entries[4]["ErrorCode"] == "ResourceNotFoundException"
+
+
+def test_put_events_routes_to_an_sns_topic(server, events, sqs):
+    """A topic target publishes the (rendered) event; the topic's subscribers get it as from any Publish."""
+    sns = server.client("sns")
+    topic = sns.create_topic(Name=unique("topic"))["TopicArn"]
+    url, queue_arn = make_queue(sqs)
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    rule = unique("rule")
+    events.put_rule(Name=rule, EventPattern=PATTERN)
+    resp = events.put_targets(Rule=rule, Targets=[{"Id": "topic", "Arn": topic, "InputPath": "$.detail"}])
+    assert resp["FailedEntryCount"] == 0
+    events.put_events(Entries=[
+        {"Source": "app.orders", "DetailType": "Order Placed", "Detail": json.dumps({"total": 150})}])
+    (body,) = receive(sqs, url, 1)
+    assert json.loads(body) == {"total": 150}
+    events.remove_targets(Rule=rule, Ids=["topic"])
+    events.delete_rule(Name=rule)
 
 
 def test_put_events_routes_to_sqs_with_target_input(events, sqs):

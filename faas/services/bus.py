@@ -1,5 +1,5 @@
 """The built-in event bus: buses, rules and targets (kept in SQLite), PutEvents routing, and the outbox that
-delivers matched events to Lambda functions (asynchronous invocation) and SQS queues.
+delivers matched events to Lambda functions (asynchronous invocation), SQS queues and SNS topics.
 
 Durability: PutEvents matches each event against the ENABLED rules of its bus and commits one outbox row per
 (event, target) with the target's input already rendered, before it answers. The outbox dispatcher hands rows to
@@ -41,6 +41,7 @@ MAX_TARGETS = 5
 _BUS_ARN = re.compile(r"arn:aws[\w-]*:events:[^:]*:\d{12}:event-bus/(?P<name>.+)")
 _LAMBDA_ARN = re.compile(r"arn:aws[\w-]*:lambda:[^:]+:\d{12}:function:(?P<name>[^:]+)(?::(?P<qualifier>[^:]+))?")
 _SQS_ARN = re.compile(r"arn:aws[\w-]*:sqs:[^:]+:\d{12}:[\w-]+(?:\.fifo)?")
+_SNS_ARN = re.compile(r"arn:aws[\w-]*:sns:[^:]+:\d{12}:[\w-]+(?:\.fifo)?")
 
 
 class TargetSpec(msgspec.Struct):
@@ -97,7 +98,7 @@ def parse_target(target: dict[str, Any]) -> TargetSpec | None:
     """Check a PutTargets target. None for a target this server cannot deliver to; ValidationException for
     malformed input settings."""
     tid, arn = target["Id"], target["Arn"]
-    if not (_LAMBDA_ARN.fullmatch(arn) or _SQS_ARN.fullmatch(arn)):
+    if not (_LAMBDA_ARN.fullmatch(arn) or _SQS_ARN.fullmatch(arn) or _SNS_ARN.fullmatch(arn)):
         return None
     given = [k for k in ("Input", "InputPath", "InputTransformer") if target.get(k) is not None]
     if len(given) > 1:
@@ -338,7 +339,7 @@ class EventBus:
                 failed.append({
                     "TargetId": target["Id"], "ErrorCode": "ValidationException",
                     "ErrorMessage": f"Target {target['Arn']} is not supported: this server delivers to Lambda "
-                                    "functions and SQS queues.",
+                                    "functions, SQS queues and SNS topics.",
                 })
                 continue
             rows.append(TargetRow(bus, rule, target["Id"], target["Arn"], msgspec.json.encode(target).decode()))
@@ -466,6 +467,9 @@ class EventBus:
         m = _LAMBDA_ARN.fullmatch(d.target_arn)
         if m is not None:
             await svc.async_queue.enqueue(m.group("name"), m.group("qualifier"), d.body.encode())
+            return
+        if _SNS_ARN.fullmatch(d.target_arn):
+            await svc.topics.publish_by_arn(d.target_arn, d.body)
             return
         extra: dict[str, Any] = {}
         if d.target_arn.endswith(".fifo"):
