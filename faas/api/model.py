@@ -143,20 +143,26 @@ def _dispatcher(route: _Route) -> Handler:
     return dispatch  # type: ignore[return-value]
 
 
+def scalar_value(kind: str, raw: str) -> Any:
+    """A number or boolean given as text (a path, query or header value) as the model's `kind` says; other
+    kinds stay text. Raises ValueError for text that is not one."""
+    if kind in ("integer", "long"):
+        return int(raw)
+    if kind in ("float", "double"):
+        return float(raw)
+    if kind == "boolean":
+        if raw.lower() not in ("true", "false"):
+            raise ValueError(raw)
+        return raw.lower() == "true"
+    return raw
+
+
 def _scalar(shape: Shape, raw: str, where: str) -> Any:
     kind = shape.type_name
     try:
-        if kind in ("integer", "long"):
-            return int(raw)
-        if kind in ("float", "double"):
-            return float(raw)
-        if kind == "boolean":
-            if raw.lower() not in ("true", "false"):
-                raise ValueError(raw)
-            return raw.lower() == "true"
+        return scalar_value(kind, raw)
     except ValueError:
         raise SerializationException(f"Could not convert '{raw}' at '{where}' to {kind}") from None
-    return raw
 
 
 class _InputPlan:

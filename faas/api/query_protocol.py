@@ -25,7 +25,7 @@ from aiohttp import web
 from botocore.model import OperationModel, ServiceModel, Shape
 
 from faas import ids
-from faas.api.model import load_service_model
+from faas.api.model import load_service_model, scalar_value
 from faas.api.validation import validate
 from faas.errors import LambdaError, validation_message
 
@@ -207,22 +207,14 @@ def _parse(shape: Shape, node: Any, path: str) -> Any:
 
 def _scalar(kind: str, raw: str, path: str) -> Any:
     try:
-        if kind in ("integer", "long"):
-            return int(raw)
-        if kind in ("float", "double"):
-            return float(raw)
-        if kind == "boolean":
-            if raw.lower() not in ("true", "false"):
-                raise ValueError(raw)
-            return raw.lower() == "true"
         if kind == "blob":
             return base64.b64decode(raw, validate=True)
         if kind == "timestamp":
             return float(raw) if re.fullmatch(r"-?\d+(\.\d+)?", raw) else \
                 datetime.datetime.fromisoformat(raw).timestamp()
+        return scalar_value(kind, raw)
     except (ValueError, binascii.Error):
         raise QueryServiceError("ValidationError", f"Value '{raw}' at '{path}' is not a valid {kind}") from None
-    return raw
 
 
 # --------------------------------------------------------------------------------------------- output
