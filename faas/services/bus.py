@@ -12,7 +12,6 @@ exist is not retried. Given-up deliveries are logged; dead-letter queues are not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -28,7 +27,7 @@ from faas.errors import LambdaError
 from faas.events.patterns import InvalidPattern, Pattern, compile_pattern
 from faas.services.schedules import Scheduler, event_time
 from faas.store.events import Delivery, EventStore, NewDelivery, RuleRow, TargetRow
-from faas.tasks import finish_or_cancel
+from faas.tasks import Passes
 
 if TYPE_CHECKING:
     from faas.config import EventsConfig
@@ -486,26 +485,18 @@ def _failure(exc: DeliveryFailed | LambdaError) -> DeliveryFailed:
     return DeliveryFailed(f"{exc.code}: {exc.message}", permanent=exc.status < 500 and not throttled)
 
 
-class Outbox:
-    """Delivers committed outbox rows to their targets: `start()`, a single pass `run_once()`, `close()`."""
+class Outbox(Passes):
+    """Delivers committed outbox rows to their targets: `start()`, a single pass `run_once()`, `close()` (pending
+    rows stay for the next start)."""
+
+    task_name = "event-outbox"
 
     def __init__(self, store: EventStore, send: Callable[[Delivery], Awaitable[None]], settings: EventsConfig,
                  *, clock: Callable[[], float] = time.time):
+        super().__init__(clock, retry_after=settings.retry_delay)
         self.store = store
         self.send = send
         self.settings = settings
-        self._now = clock
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    def notify(self) -> None:
-        self._wake.set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="event-outbox")
 
     async def run_once(self) -> int:
         """Attempt every due delivery (up to one batch); returns how many were attempted."""
@@ -546,25 +537,5 @@ class Outbox:
             await asyncio.shield(self.store.settle(done, retry))
             return len(due)
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                if await self.run_once():
-                    continue
-                next_due = await self.store.next_due()
-            except Exception:
-                log.exception("event delivery pass failed")
-                next_due = self._now() + self.settings.retry_delay
-            timeout = None if next_due is None else max(next_due - self._now(), 0.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Finish the pass in progress (bounded by `timeout`), then stop; pending rows stay for the next start."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        await finish_or_cancel(task, timeout)
+    async def _next_pass(self, done: int) -> float | None:
+        return self._now() if done else await self.store.next_due()

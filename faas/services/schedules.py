@@ -31,10 +31,7 @@ Firing and downtime
 
 from __future__ import annotations
 
-import asyncio
 import calendar
-import contextlib
-import logging
 import math
 import re
 import time
@@ -44,12 +41,11 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Protocol
 
-from faas.tasks import finish_or_cancel
+from faas.tasks import Passes
 
 if TYPE_CHECKING:
     from faas.services.bus import EventBus
 
-log = logging.getLogger(__name__)
 
 ORIGIN = 1704067200.0  # 2024-01-01T00:00:00Z: where the scaled schedule clock and real time agree
 _TOLERANCE = 1.0  # schedule-clock seconds; ticks are at least a minute apart
@@ -314,29 +310,20 @@ class ScheduleClock:
         return ORIGIN + (scheduled - ORIGIN) / self.scale
 
 
-class Scheduler:
-    """Fires ENABLED schedule rules of the default bus through the bus's target delivery."""
+class Scheduler(Passes):
+    """Fires ENABLED schedule rules of the default bus through the bus's target delivery. `notify()` when rules
+    change, so the next pass is planned again."""
+
+    task_name = "event-scheduler"
 
     def __init__(self, bus: EventBus, *, minute_seconds: float, max_sleep: float,
                  clock: Callable[[], float] = time.time):
+        super().__init__(clock, retry_after=max_sleep)
         self.bus = bus
         self.clock = ScheduleClock(minute_seconds)
         self.max_sleep = max_sleep
-        self._now = clock
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self._next_wake: float | None = None
-        self._stopping = False
         self._schedules: dict[str, Schedule | None] = {}
-
-    def notify(self) -> None:
-        """Rules changed: plan the next pass again."""
-        self._wake.set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="event-scheduler")
 
     async def run_once(self) -> int:
         """Fire every rule that has a tick due; returns how many fired. Plans the next wake-up."""
@@ -388,29 +375,10 @@ class Scheduler:
         if deliveries:
             self.bus.outbox.notify()
 
-    async def _loop(self) -> None:
-        while not self._stopping:
-            self._wake.clear()
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("schedule pass failed")
-            if self._stopping:
-                return
-            delay = self.max_sleep
-            if self._next_wake is not None:
-                delay = min(delay, max(self._next_wake - self._now(), 0.0))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-
-    async def close(self, timeout: float = 5.0) -> None:
-        """Let a pass in progress finish (its writes are one transaction per rule), then stop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        await finish_or_cancel(task, timeout)
+    async def _next_pass(self, done: int) -> float | None:
+        """The next rule's tick, or `max_sleep` from now (rules changed meanwhile call `notify()`)."""
+        now = self._now()
+        return now + self.max_sleep if self._next_wake is None else min(self._next_wake, now + self.max_sleep)
 
 
 def event_time(epoch: float) -> str:
