@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import re
-import select
 import shutil
 import socket
 import subprocess
@@ -19,60 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from worker_io import ARN, READ_TIMEOUT, Reader, WorkerHarness, sentinel
+
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 BOOTSTRAP = Path(__file__).resolve().parents[1] / "faas" / "runtime" / "worker" / "node_bootstrap.mjs"
-READ_TIMEOUT = 20.0
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 # One console record: Lambda's text format; the message may span lines.
 RECORD = re.compile(TIMESTAMP + r"\t(?P<rid>[^\t]*)\t(?P<level>[A-Z]+)\t(?P<msg>.*?)\n(?=" + TIMESTAMP + r"\t|\Z)", re.S)
-ARN = "arn:aws:lambda:us-east-1:000000000000:function:my-fn"
-
-
-class _Reader:
-    """Buffered reads from a pipe or socket fd, each bounded by a deadline."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.buf = b""
-        self.eof = False
-
-    def _fill(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no data within %.0fs; have %r" % (READ_TIMEOUT, self.buf[-500:]))
-        ready, _, _ = select.select([self.fd], [], [], remaining)
-        if not ready:
-            raise TimeoutError("no data within %.0fs; have %r" % (READ_TIMEOUT, self.buf[-500:]))
-        try:
-            chunk = os.read(self.fd, 65536)
-        except ConnectionResetError:
-            chunk = b""
-        if chunk:
-            self.buf += chunk
-        else:
-            self.eof = True
-
-    def read_until(self, token, timeout=READ_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while token not in self.buf:
-            if self.eof:
-                raise EOFError("EOF before %r; have %r" % (token, self.buf[-500:]))
-            self._fill(deadline)
-        head, _, self.buf = self.buf.partition(token)
-        return head + token
-
-    def read_to_eof(self, timeout=READ_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while not self.eof:
-            self._fill(deadline)
-        data, self.buf = self.buf, b""
-        return data
-
-
-def sentinel(request_id):
-    return b"\x1e" + request_id.encode() + b"\x1e"
 
 
 def base_env(code_dir, handler):
@@ -90,8 +44,9 @@ def base_env(code_dir, handler):
     }
 
 
-class Worker:
+class Worker(WorkerHarness):
     def __init__(self, code_dir, handler, env=None):
+        super().__init__()
         self.code_dir = Path(code_dir)
         ours, theirs = socket.socketpair()
         log_r, log_w = os.pipe()
@@ -117,77 +72,21 @@ class Worker:
             os.close(log_w)
         self.sock = ours
         self._log_r = log_r
-        self.frames = _Reader(ours.fileno())
-        self.log = _Reader(log_r)
-        self._closed = False
-
-    # -- protocol --------------------------------------------------------------------------------------
+        self.frames = Reader(ours.fileno())
+        self.log = Reader(log_r)
 
     def send_raw(self, data):
         self.sock.sendall(data)
 
-    def send(self, frame):
-        self.send_raw(json.dumps(frame, separators=(",", ":")).encode() + b"\n")
-
-    def send_invoke(self, event=None, request_id="req-1", deadline_ms=None, **extra):
-        if deadline_ms is None:
-            deadline_ms = int(time.time() * 1000) + 30000
-        frame = {
-            "t": "invoke",
-            "id": request_id,
-            "deadline_ms": deadline_ms,
-            "arn": ARN,
-            "trace_id": None,
-            "client_context": None,
-            "identity": None,
-            "event": event,
-        }
-        frame.update(extra)
-        self.send(frame)
-
-    def next_frame_raw(self, timeout=READ_TIMEOUT):
-        return self.frames.read_until(b"\n", timeout)
-
-    def next_frame(self, timeout=READ_TIMEOUT):
-        return json.loads(self.next_frame_raw(timeout))
-
-    def ready(self):
-        frame = self.next_frame()
-        assert frame["t"] == "ready", frame
-        self.log.read_until(sentinel("init"))
-        return frame
-
-    def invoke(self, event=None, request_id="req-1", raw=False, **extra):
-        self.send_invoke(event, request_id, **extra)
-        line = self.next_frame_raw()
-        return line if raw else json.loads(line)
-
-    def output_of(self, request_id):
-        """The log text of one request, up to its sentinel (sentinel stripped)."""
-        return self.log.read_until(sentinel(request_id))[: -len(sentinel(request_id))].decode()
-
-    def wait(self, timeout=READ_TIMEOUT):
-        return self.proc.wait(timeout=timeout)
-
-    def close(self):
-        if self._closed:
-            return
-        self._closed = True
+    def _close_input(self):
         try:
-            self.sock.shutdown(socket.SHUT_WR)  # EOF: the worker exits 0
+            self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=READ_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+
+    def _close_fds(self):
         self.sock.close()
         os.close(self._log_r)
-
-    def shutdown_and_wait(self):
-        self.send({"t": "shutdown"})
-        return self.wait()
 
 
 @pytest.fixture
@@ -310,14 +209,14 @@ def test_separate_input_and_output_pipes(code_dir):
         for fd in (in_r, out_w, log_w):
             os.close(fd)
     try:
-        frames = _Reader(out_r)
+        frames = Reader(out_r)
         assert json.loads(frames.read_until(b"\n"))["t"] == "ready"
         os.write(in_w, b'{"t":"invoke","id":"p-1","deadline_ms":0,"arn":"a","event":{"x":21}}\n')
         assert frames.read_until(b"\n") == b'{"t":"result","id":"p-1","payload":42}\n'
         os.close(in_w)
         in_w = None
         assert proc.wait(timeout=READ_TIMEOUT) == 0
-        assert _Reader(log_r).read_to_eof() == sentinel("init") + sentinel("p-1")
+        assert Reader(log_r).read_to_eof() == sentinel("init") + sentinel("p-1")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import re
-import select
 import shutil
 import subprocess
 import sys
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from worker_io import READ_TIMEOUT, Reader, WorkerHarness, sentinel
+
 BOOTSTRAP = Path(__file__).resolve().parents[1] / "faas" / "runtime" / "worker" / "python_bootstrap.py"
-READ_TIMEOUT = 20.0
 LOG_LINE = re.compile(r"\[(?P<level>[A-Z]+)\]\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\t(?P<rid>[^\t]*)\t(?P<msg>.*)\n")
 
 # Puts the two protocol pipes on fds 3 and 4 (as the server does), then becomes the bootstrap.
@@ -40,60 +40,9 @@ LAUNCHER = textwrap.dedent(
 )
 
 
-class _Reader:
-    """Buffered reads from a pipe fd, each bounded by a deadline."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.buf = b""
-        self.eof = False
-
-    def _fill(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no data within %.0fs; have %r" % (READ_TIMEOUT, self.buf[-500:]))
-        ready, _, _ = select.select([self.fd], [], [], remaining)
-        if not ready:
-            raise TimeoutError("no data within %.0fs; have %r" % (READ_TIMEOUT, self.buf[-500:]))
-        chunk = os.read(self.fd, 65536)
-        if chunk:
-            self.buf += chunk
-        else:
-            self.eof = True
-
-    def read_until(self, token, timeout=READ_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while token not in self.buf:
-            if self.eof:
-                raise EOFError("EOF before %r; have %r" % (token, self.buf[-500:]))
-            self._fill(deadline)
-        head, _, self.buf = self.buf.partition(token)
-        return head + token
-
-    def read_available(self):
-        """Whatever is already in the pipe, without waiting."""
-        while not self.eof and select.select([self.fd], [], [], 0)[0]:
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                self.eof = True
-            self.buf += chunk
-        data, self.buf = self.buf, b""
-        return data
-
-    def read_to_eof(self, timeout=READ_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while not self.eof:
-            self._fill(deadline)
-        data, self.buf = self.buf, b""
-        return data
-
-
-def sentinel(request_id):
-    return b"\x1e" + request_id.encode() + b"\x1e"
-
-
-class Worker:
+class Worker(WorkerHarness):
     def __init__(self, code_dir, handler, python=None, env=None, fds_by_env=False):
+        super().__init__()
         self.code_dir = Path(code_dir)
         python = python or sys.executable
         in_r, self._in_w = os.pipe()
@@ -133,82 +82,28 @@ class Worker:
         finally:
             for fd in (in_r, out_w, log_w):
                 os.close(fd)
-        self.frames = _Reader(self._out_r)
-        self.log = _Reader(self._log_r)
-        self.drained = set()
-        self._closed = False
+        self.frames = Reader(self._out_r)
+        self.log = Reader(self._log_r)
 
     # -- protocol --------------------------------------------------------------------------------------
 
-    def send(self, frame):
-        os.write(self._in_w, json.dumps(frame, separators=(",", ":")).encode() + b"\n")
+    def send_raw(self, data):
+        os.write(self._in_w, data)
 
     def next_frame_raw(self, timeout=READ_TIMEOUT):
-        """The next frame's bytes, with the worker's memory report taken out (checked in test_rss_reported)."""
-        line = self.frames.read_until(b"\n", timeout)
+        """The next frame's bytes, with the worker's memory report and "drained" taken out (checked in
+        test_rss_reported and test_drained_reply_when_the_log_pipe_was_read)."""
+        line = super().next_frame_raw(timeout)
         self.last_rss = re.search(rb'"rss":(\d+)', line)
         line = re.sub(rb'"rss":\d+,|,"rss":\d+(?=\})', b"", line, count=1)
-        # "drained": the log pipe was empty as the reply was sent, so no sentinel follows (test_drained_reply).
-        drained = re.search(rb'"drained":(true|false)', line)
-        if drained is not None:
-            request_id = re.search(rb'"id":"([^"]*)"', line)
-            if drained.group(1) == b"true" and request_id is not None:
-                self.drained.add(request_id.group(1).decode())
         return re.sub(rb'"drained":(true|false),|,"drained":(true|false)(?=\})', b"", line, count=1)
 
-    def next_frame(self, timeout=READ_TIMEOUT):
-        return json.loads(self.next_frame_raw(timeout))
+    def _close_input(self):
+        os.close(self._in_w)
 
-    def ready(self):
-        frame = self.next_frame()
-        assert frame["t"] == "ready", frame
-        self.log.read_until(sentinel("init"))
-        return frame
-
-    def invoke(self, event=None, request_id="req-1", deadline_ms=None, raw=False, **extra):
-        if deadline_ms is None:
-            deadline_ms = int(time.time() * 1000) + 30000
-        frame = {
-            "t": "invoke",
-            "id": request_id,
-            "deadline_ms": deadline_ms,
-            "arn": "arn:aws:lambda:us-east-1:000000000000:function:my-fn",
-            "trace_id": None,
-            "client_context": None,
-            "identity": None,
-            "event": event,
-        }
-        frame.update(extra)
-        self.send(frame)
-        line = self.next_frame_raw()
-        return line if raw else json.loads(line)
-
-    def output_of(self, request_id):
-        """The log text of one request, up to its sentinel (sentinel stripped); "" for a request whose reply
-        said the pipe was drained (it wrote nothing this reader had not read)."""
-        if request_id in self.drained:
-            return ""
-        return self.log.read_until(sentinel(request_id))[: -len(sentinel(request_id))].decode()
-
-    def wait(self, timeout=READ_TIMEOUT):
-        return self.proc.wait(timeout=timeout)
-
-    def close(self):
-        if self._closed:
-            return
-        self._closed = True
-        os.close(self._in_w)  # EOF: the worker exits 0
-        try:
-            self.proc.wait(timeout=READ_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def _close_fds(self):
         os.close(self._out_r)
         os.close(self._log_r)
-
-    def shutdown_and_wait(self):
-        self.send({"t": "shutdown"})
-        return self.wait()
 
 
 @pytest.fixture
@@ -813,7 +708,7 @@ def test_one_socket_for_both_directions(code_dir):
         theirs.close()
         os.close(log_w)
     try:
-        frames = _Reader(ours.fileno())
+        frames = Reader(ours.fileno())
         assert json.loads(frames.read_until(b"\n"))["t"] == "ready"
         ours.sendall(b'{"t":"invoke","id":"s-1","deadline_ms":0,"arn":"a","event":{"x":21}}\n')
         # The init sentinel is still unread in the log pipe, so this reply is not "drained": a sentinel follows.
@@ -821,7 +716,7 @@ def test_one_socket_for_both_directions(code_dir):
             b'{"t":"result","id":"s-1","drained":false,"payload":42}\n'
         ours.shutdown(socket.SHUT_WR)  # EOF on the worker's input
         assert proc.wait(timeout=READ_TIMEOUT) == 0
-        assert _Reader(log_r).read_to_eof() == sentinel("init") + sentinel("s-1")
+        assert Reader(log_r).read_to_eof() == sentinel("init") + sentinel("s-1")
     finally:
         if proc.poll() is None:
             proc.kill()
