@@ -13,6 +13,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -222,9 +223,6 @@ async def _closed(job: Closed) -> Outcome:
                    cpu_s=cpu_marks[1] - cpu_marks[0])
 
 
-_TICK = 0.001
-
-
 async def _open(job: Open) -> Outcome:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
@@ -250,11 +248,30 @@ async def _open(job: Open) -> Outcome:
         else:
             errors[kind] += 1
 
+    loop = asyncio.get_running_loop()
+    due_now = asyncio.Event()
+    stop = threading.Event()
+
+    def pace(start: float) -> None:
+        """Wake the loop when each request falls due. uvloop's timers count whole milliseconds (a shorter sleep
+        returns at once, and spinning would take a core the server needs); a thread's sleep is finer."""
+        j = 0
+        while j < total and not stop.is_set():
+            delay = start + j * interval - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if not due_now.is_set():  # else the loop has not got round to the last one: it sends this too
+                loop.call_soon_threadsafe(due_now.set)
+            j = max(j + 1, int((time.perf_counter() - start) / interval) + 1)
+
     async with _session(job.max_inflight, job.timeout) as session:
         cpu0 = time.process_time()
         start = time.perf_counter() + 0.01
+        pacer = threading.Thread(target=pace, args=(start,), name="pacer", daemon=True)
+        pacer.start()
         i = 0
         while i < total:
+            due_now.clear()
             now = time.perf_counter()
             # Send everything that is due; when the loop runs late, late requests go out at once and their
             # latency still counts from when they were due.
@@ -270,12 +287,11 @@ async def _open(job: Open) -> Outcome:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if i < total:
-                # uvloop's timers count whole milliseconds: a shorter sleep returns at once, and waiting for a
-                # sub-millisecond interval would spin a core the server needs. Sleep at least 1 ms and send
-                # what fell due meanwhile (their latency still counts from when they were due).
-                await asyncio.sleep(max(_TICK, start + i * interval - time.perf_counter()))
+                await due_now.wait()
         end_of_schedule = time.perf_counter()
         cpu1 = time.process_time()
+        stop.set()
+        pacer.join()
         if tasks:
             await asyncio.gather(*tasks)
     return Outcome(latencies_ms=latencies, ok=len(latencies), errors=dict(errors),
