@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from faas.store.topics import (
     SubscriptionRecord,
     TopicStore,
 )
+from faas.tasks import Passes
 
 log = logging.getLogger(__name__)
 
@@ -155,27 +155,25 @@ class Envelopes:
         return out
 
 
-class TopicDeliverer:
-    """Drains the outbox: `poke()` after a publish; `run_once()` delivers everything due; `start()`/`close()`.
+class TopicDeliverer(Passes):
+    """Drains the outbox: `poke()` after a publish; `run_once()` delivers everything due; `start()`/`close()`
+    (undelivered rows stay for next time).
 
     A FIFO topic's rows for one subscription go one after another in publishing order, and one waiting for a
     retry holds back the rows behind it, so the subscriber never sees them out of order."""
 
+    task_name = "faas-topic-deliverer"
+    poke = Passes.notify
+
     def __init__(self, store: TopicStore, arns: Arns, settings: DeliverySettings, envelopes: Envelopes,
                  invoker: AsyncInvoker, queues: QueueSender | None):
+        super().__init__(time.time, retry_after=max(settings.retry_min_delay, 1.0))
         self.store = store
         self.arns = arns
         self.settings = settings
         self.envelopes = envelopes
         self.invoker = invoker
         self.queues = queues
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-
-    def poke(self) -> None:
-        self._wake.set()
 
     async def run_once(self) -> int:
         """Attempt every delivery due now (up to one batch). Returns how many rows were looked at."""
@@ -271,39 +269,12 @@ class TopicDeliverer:
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        while not self._closing:
-            self._wake.clear()
-            timeout: float | None
-            try:
-                if await self.run_once() >= self.settings.batch:
-                    continue
-                next_due = await self.store.next_due()
-                timeout = None if next_due is None else next_due - time.time()
-            except Exception:
-                log.exception("topic delivery pass failed")
-                timeout = max(self.settings.retry_min_delay, 1.0)
-            if timeout is not None and timeout <= 0:
-                continue
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    async def _next_pass(self, done: int) -> float | None:
+        return self._now() if done >= self.settings.batch else await self.store.next_due()
 
     def start(self) -> None:
-        if self.settings.dispatch and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="faas-topic-deliverer")
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Let the pass in progress finish (up to `timeout`), then stop; undelivered rows stay for next time."""
-        self._closing = True
-        self._wake.set()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if not done:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if self.settings.dispatch:
+            super().start()
 
 
 def client_side(exc: Exception) -> bool:
