@@ -14,10 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
+
+T = TypeVar("T")
 
 
 class ServerRefused(RuntimeError):
@@ -250,3 +253,24 @@ def settle(pid: int, timeout: float = 5.0) -> float:
         if sum(t - before.get(p, 0.0) for p, t in after.items()) <= 1.0 / _TICKS:
             break
     return time.monotonic() - t0
+
+
+def per_spawner(spawners: list[str], env: dict[str, str] | None, notes: list[str],
+                measure: Callable[[FaasServer], T]) -> dict[str, T]:
+    """`measure` run on a server of its own for each spawner, by spawner name; what kept a spawner from being
+    measured, and processes that outlived a server, go to `notes`."""
+    figures: dict[str, T] = {}
+    for spawner in spawners:
+        try:
+            server, note = start_faas(spawner, env)
+        except SpawnerUnsupported as exc:
+            notes.append(f"{spawner}: not measured; the server refused runtime.spawner = \"{spawner}\" "
+                         f"({exc.reason})")
+            continue
+        with server:
+            figures[spawner] = measure(server)
+        if note:
+            notes.append(f"{spawner}: {note}")
+        if server.leaked:
+            notes.append(f"{spawner}: {len(server.leaked)} process(es) outlived the server (killed by the harness)")
+    return figures

@@ -19,7 +19,7 @@ from benchmarks import functions, stats
 from benchmarks.loadgen import LoadGenerator, Reply, Request, Sequence
 from benchmarks.report import Result, Table, now_iso
 from benchmarks.scenarios import Shared
-from benchmarks.servers import SpawnerUnsupported, start_faas
+from benchmarks.servers import per_spawner
 
 _DURATION = re.compile(r"\tDuration: ([\d.]+) ms")
 _INIT = re.compile(r"Init Duration: ([\d.]+) ms")
@@ -61,21 +61,9 @@ def run(opts: Any, shared: Shared) -> Result:
     started, t0 = now_iso(), time.monotonic()
     n = opts.functions or 20
     notes: list[str] = []
-    figures: dict[str, Any] = {}
     with LoadGenerator() as gen:
-        for spawner in opts.spawners:
-            try:
-                server, note = start_faas(spawner, opts.server_env)
-            except SpawnerUnsupported as exc:
-                notes.append(f"{spawner}: not measured; the server refused runtime.spawner = \"{spawner}\" "
-                             f"({exc.reason})")
-                continue
-            with server:
-                figures[spawner] = measure(server.url, n, opts.runtime, gen)
-            if note:
-                notes.append(f"{spawner}: {note}")
-            if server.leaked:
-                notes.append(f"{spawner}: {len(server.leaked)} process(es) outlived the server (killed by the harness)")
+        figures: dict[str, Any] = per_spawner(opts.spawners, opts.server_env, notes,
+                                              lambda server: measure(server.url, n, opts.runtime, gen))
     rows = [[spawner, str(f["total"]["n"]), stats.ms(f["first_ms"])]
             + [stats.ms(f[part].get(key)) for part, key in (("total", "p50"), ("total", "p90"), ("total", "min"),
                                                             ("spawn", "p50"), ("init", "p50"), ("handler", "p50"))]

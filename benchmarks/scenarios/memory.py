@@ -17,7 +17,7 @@ from benchmarks import functions, stats
 from benchmarks.loadgen import LoadGenerator, Request, Sequence
 from benchmarks.report import Result, Table, now_iso
 from benchmarks.scenarios import Shared
-from benchmarks.servers import SpawnerUnsupported, settle, start_faas
+from benchmarks.servers import per_spawner, settle
 
 FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Shared_Clean", "Private_Dirty")
 
@@ -53,21 +53,9 @@ def run(opts: Any, shared: Shared) -> Result:
     started, t0 = now_iso(), time.monotonic()
     k = opts.functions or 20
     notes: list[str] = []
-    figures: dict[str, Any] = {}
     with LoadGenerator() as gen:
-        for spawner in opts.spawners:
-            try:
-                server, note = start_faas(spawner, opts.server_env)
-            except SpawnerUnsupported as exc:
-                notes.append(f"{spawner}: not measured; the server refused runtime.spawner = \"{spawner}\" "
-                             f"({exc.reason})")
-                continue
-            with server:
-                figures[spawner] = measure(server.url, k, opts.runtime, gen, server.pid)
-            if note:
-                notes.append(f"{spawner}: {note}")
-            if server.leaked:
-                notes.append(f"{spawner}: {len(server.leaked)} process(es) outlived the server (killed by the harness)")
+        figures: dict[str, Any] = per_spawner(opts.spawners, opts.server_env, notes,
+                                              lambda server: measure(server.url, k, opts.runtime, gen, server.pid))
     rows = [[s, str(f["instances"]), stats.mb(f["pss_mean_mb"]), stats.mb(f["pss_max_mb"]),
              stats.mb(f["mean_mb"]["Pss_Anon"]), stats.mb(f["mean_mb"]["Rss"]), stats.mb(f["pss_total_mb"]),
              stats.mb(f["server_pss_mb"])] for s, f in figures.items()]
