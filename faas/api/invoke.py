@@ -41,6 +41,16 @@ def _client_context(value: str | None) -> bytes | None:
     return raw
 
 
+def check_sync_payload(svc: Services, payload: bytes, operation: str) -> None:
+    """A synchronous invocation's payload: within the size limit (the model lists RequestTooLargeException for
+    Invoke; boto3 has no class for the other spelling) and JSON."""
+    limit = svc.config.limits.sync_payload_bytes
+    if len(payload) > limit:
+        raise RequestTooLargeException(f"Request must be smaller than {limit} bytes for the {operation} operation")
+    if payload:
+        _check_json(payload)
+
+
 def check_async_payload(svc: Services, payload: bytes) -> None:
     limit = svc.config.limits.async_payload_bytes
     if len(payload) > limit:
@@ -61,12 +71,7 @@ async def invoke(request: web.Request, p: dict[str, Any]) -> web.Response:
         check_async_payload(svc, payload)
         await svc.async_queue.enqueue(ref.name, ref.qualifier, payload, request_id=request["request_id"])
         return web.Response(status=202)
-    limit = svc.config.limits.sync_payload_bytes
-    if len(payload) > limit:
-        # The model lists RequestTooLargeException for Invoke (boto3 has no class for the other spelling).
-        raise RequestTooLargeException(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
-    if payload:
-        _check_json(payload)
+    check_sync_payload(svc, payload, "InvokeFunction")
     if invocation_type == "DryRun":
         fv = await svc.router.resolve(ref.name, ref.qualifier)
         return web.Response(status=204, headers={"X-Amz-Executed-Version": fv.version})

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from faas.api.invoke import _check_json, _client_context
+from faas.api.invoke import _client_context, check_sync_payload
 from faas.api.model import operation
-from faas.errors import InvalidParameterValueException, RequestTooLargeException
+from faas.errors import InvalidParameterValueException
 from faas.invoke.router import InvokeRequest, InvokeResult
 from faas.logs import tail_base64
 from faas.services import SERVICES
@@ -108,14 +108,20 @@ class _EventStreamResponse:
         else:
             content_type = result.content_type or STREAM_CONTENT_TYPE
         await self._send(invoke_complete(result, tail), content_type, version)
-        if self.response is None:  # the client left before anything was sent
-            return web.Response(status=200)
-        if not self.gone:
-            try:
-                await self.response.write_eof()
-            except ConnectionError:
-                pass
-        return self.response
+        return await end_stream(self.response, self.gone)
+
+
+async def end_stream(response: web.StreamResponse | None, gone: bool) -> web.StreamResponse:
+    """The end of a streamed answer: an empty 200 when the client left before anything was sent, the stream
+    closed unless the client has gone."""
+    if response is None:
+        return web.Response(status=200)
+    if not gone:
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            pass
+    return response
 
 
 @operation("InvokeWithResponseStream")
@@ -123,13 +129,7 @@ async def invoke_with_response_stream(request: web.Request, p: dict[str, Any]) -
     svc = request.app[SERVICES]
     ref = svc.arns.parse(p["FunctionName"], p.get("Qualifier"), for_invoke=True)
     payload: bytes = p.get("Payload") or b""
-    limit = svc.config.limits.sync_payload_bytes
-    if len(payload) > limit:
-        raise RequestTooLargeException(
-            f"Request must be smaller than {limit} bytes for the InvokeWithResponseStream operation"
-        )
-    if payload:
-        _check_json(payload)
+    check_sync_payload(svc, payload, "InvokeWithResponseStream")
     invocation_type = p.get("InvocationType") or "RequestResponse"
     if invocation_type == "DryRun":
         fv = await svc.router.resolve(ref.name, ref.qualifier)

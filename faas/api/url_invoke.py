@@ -29,6 +29,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from faas import ids
+from faas.api.streaming import end_stream
 from faas.errors import LambdaError, ResourceNotFoundException, TooManyRequestsException
 from faas.invoke.router import InvokeRequest, InvokeResult
 from faas.runtime.protocol import HTTP_INTEGRATION
@@ -385,14 +386,7 @@ class _HttpStream:
                     await self.response.write(data)  # type: ignore[union-attr]
             except ConnectionError:
                 self.gone = True
-        if self.response is None:
-            return web.Response(status=200)
-        if not self.gone:
-            try:
-                await self.response.write_eof()
-            except ConnectionError:
-                pass
-        return self.response
+        return await end_stream(self.response, self.gone)
 
 
 def _allowed_origin(cors: dict[str, Any], origin: str) -> str | None:
