@@ -396,17 +396,23 @@ def _allowed_origin(cors: dict[str, Any], origin: str) -> str | None:
     return origin if any(o.lower() == origin.lower() for o in origins) else None
 
 
+def _origin_headers(cors: dict[str, Any], allowed: str) -> dict[str, str]:
+    """What every CORS answer to an allowed origin carries, preflight or not."""
+    out = {"Access-Control-Allow-Origin": allowed}
+    if allowed != "*":
+        out["Vary"] = "Origin"
+    if cors.get("AllowCredentials"):
+        out["Access-Control-Allow-Credentials"] = "true"
+    return out
+
+
 def _cors_headers(cors: dict[str, Any], request: web.Request) -> dict[str, str]:
     """Headers for an actual (not preflight) response to a cross-origin request the URL allows."""
     origin = request.headers.get("Origin")
     allowed = _allowed_origin(cors, origin) if origin else None
     if allowed is None:
         return {}
-    out = {"Access-Control-Allow-Origin": allowed}
-    if allowed != "*":
-        out["Vary"] = "Origin"
-    if cors.get("AllowCredentials"):
-        out["Access-Control-Allow-Credentials"] = "true"
+    out = _origin_headers(cors, allowed)
     if cors.get("ExposeHeaders"):
         out["Access-Control-Expose-Headers"] = ",".join(cors["ExposeHeaders"])
     return out
@@ -416,11 +422,7 @@ def _preflight_headers(cors: dict[str, Any], request: web.Request) -> dict[str, 
     allowed = _allowed_origin(cors, request.headers["Origin"])
     if allowed is None:
         return {}  # the browser refuses the request
-    out = {"Access-Control-Allow-Origin": allowed}
-    if allowed != "*":
-        out["Vary"] = "Origin"
-    if cors.get("AllowCredentials"):
-        out["Access-Control-Allow-Credentials"] = "true"
+    out = _origin_headers(cors, allowed)
     if cors.get("AllowMethods"):
         out["Access-Control-Allow-Methods"] = ",".join(cors["AllowMethods"])
     if cors.get("AllowHeaders"):
