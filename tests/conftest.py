@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -128,6 +129,13 @@ def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None)
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, content)
     return buf.getvalue()
+
+
+def json_lines(path: Path) -> list[dict]:
+    """The records a function appended to a JSON-lines file so far ([] before the first)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def unique(prefix: str = "fn") -> str:

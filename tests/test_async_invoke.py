@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, create_function, unique, wait_for
+from conftest import Server, create_function, json_lines, unique, wait_for
 
 # Appends one JSON line per invocation to the file named in the event, then fails when asked.
 RECORDER = """
@@ -36,12 +36,6 @@ FAST = {
     "FAAS_ASYNC__THROTTLE_BACKOFF": "0.1",
     "FAAS_ASYNC__THROTTLE_BACKOFF_MAX": "0.3",
 }
-
-
-def lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def send(lam, name: str, event: dict, qualifier: str | None = None) -> str:
@@ -78,10 +72,10 @@ def test_event_is_accepted_then_run(fast_server, tmp_path):
     name, _ = create_function(lam, RECORDER)
     log = tmp_path / "log.jsonl"
     request_id = send(lam, name, {"log": str(log), "n": 1})
-    assert wait_for(lambda: lines(log), timeout=20)[0] == {"request_id": request_id, "pid": lines(log)[0]["pid"], "n": 1}
+    assert wait_for(lambda: json_lines(log), timeout=20)[0] == {"request_id": request_id, "pid": json_lines(log)[0]["pid"], "n": 1}
     legacy = lam.invoke_async(FunctionName=name, InvokeArgs=json.dumps({"log": str(log), "n": 2}))
     assert legacy["Status"] == 202
-    wait_for(lambda: len(lines(log)) == 2, timeout=20)
+    wait_for(lambda: len(json_lines(log)) == 2, timeout=20)
     with pytest.raises(lam.exceptions.ResourceNotFoundException):
         lam.invoke(FunctionName=unique("missing"), InvocationType="Event", Payload=b"{}")
     with pytest.raises(lam.exceptions.InvalidRequestContentException):
@@ -103,8 +97,8 @@ def test_retries_then_failure_record(fast_server, tmp_path):
     )
     log = tmp_path / "fail.jsonl"
     request_id = send(lam, name, {"log": str(log), "fail": True})
-    record = wait_for(lambda: lines(dest_path), timeout=30)[0]
-    attempts = lines(log)
+    record = wait_for(lambda: json_lines(dest_path), timeout=30)[0]
+    attempts = json_lines(log)
     assert len(attempts) == 2, "1 + MaximumRetryAttempts runs"
     assert {a["request_id"] for a in attempts} == {request_id}, "the request id stays across retries"
     assert list(record) == ["version", "timestamp", "requestContext", "requestPayload", "responseContext",
@@ -121,7 +115,7 @@ def test_retries_then_failure_record(fast_server, tmp_path):
     assert record["responsePayload"]["errorMessage"] == "failed on purpose"
 
     ok_id = send(lam, name, {"log": str(log), "n": 7})
-    success = wait_for(lambda: lines(ok_path), timeout=30)[0]
+    success = wait_for(lambda: json_lines(ok_path), timeout=30)[0]
     assert success["requestContext"]["condition"] == "Success"
     assert success["requestContext"]["requestId"] == ok_id
     assert success["requestContext"]["approximateInvokeCount"] == 1
@@ -134,18 +128,18 @@ def test_default_retries_and_zero_retries(fast_server, tmp_path):
     name, _ = create_function(lam, RECORDER)
     log = tmp_path / "default.jsonl"
     send(lam, name, {"log": str(log), "fail": True})
-    wait_for(lambda: len(lines(log)) == 3, timeout=30)
+    wait_for(lambda: len(json_lines(log)) == 3, timeout=30)
     lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
     once = tmp_path / "once.jsonl"
     send(lam, name, {"log": str(once), "fail": True})
-    wait_for(lambda: len(lines(once)) == 1, timeout=30)
+    wait_for(lambda: len(json_lines(once)) == 1, timeout=30)
     stats = json.loads(urllib.request.urlopen(f"{lam.meta.endpoint_url}/_faas/async").read())
     wait_for(lambda: any(d["function"] == name and d["reason"] == "RetriesExhausted" and d["count"] == 2
                          for d in json.loads(urllib.request.urlopen(
                              f"{lam.meta.endpoint_url}/_faas/async").read())["dropped"]), timeout=10)
     assert "queues" in stats
     time.sleep(0.5)
-    assert len(lines(once)) == 1 and len(lines(log)) == 3
+    assert len(json_lines(once)) == 1 and len(json_lines(log)) == 3
 
 
 def test_event_age_exceeded(fast_server, tmp_path):
@@ -156,9 +150,9 @@ def test_event_age_exceeded(fast_server, tmp_path):
                                          DestinationConfig={"OnFailure": {"Destination": dest_arn}})
     log = tmp_path / "age.jsonl"
     send(lam, name, {"log": str(log), "fail": True})
-    record = wait_for(lambda: lines(dest_path), timeout=30)[0]
+    record = wait_for(lambda: json_lines(dest_path), timeout=30)[0]
     assert record["requestContext"]["condition"] == "EventAgeExceeded"
-    assert len(lines(log)) == 1
+    assert len(json_lines(log)) == 1
 
 
 def test_throttled_events_are_retried_not_lost(fast_server, tmp_path):
@@ -168,8 +162,8 @@ def test_throttled_events_are_retried_not_lost(fast_server, tmp_path):
     lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)
     log = tmp_path / "throttled.jsonl"
     ids = [send(lam, name, {"log": str(log), "n": i, "sleep": 0.3}) for i in range(6)]
-    wait_for(lambda: {line["request_id"] for line in lines(log)} == set(ids), timeout=60)
-    assert len(lines(log)) == 6, "throttles are not attempts: each event ran once"
+    wait_for(lambda: {line["request_id"] for line in json_lines(log)} == set(ids), timeout=60)
+    assert len(json_lines(log)) == 6, "throttles are not attempts: each event ran once"
 
 
 def test_zero_reserved_concurrency_goes_to_on_failure(fast_server, tmp_path):
@@ -179,7 +173,7 @@ def test_zero_reserved_concurrency_goes_to_on_failure(fast_server, tmp_path):
     lam.put_function_event_invoke_config(FunctionName=name, DestinationConfig={"OnFailure": {"Destination": dest_arn}})
     lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
     request_id = send(lam, name, {"log": str(tmp_path / "never.jsonl")})
-    record = wait_for(lambda: lines(dest_path), timeout=30)[0]
+    record = wait_for(lambda: json_lines(dest_path), timeout=30)[0]
     assert record["requestContext"] == {
         "requestId": request_id,
         "functionArn": f"arn:aws:lambda:us-east-1:000000000000:function:{name}:$LATEST",
@@ -203,10 +197,10 @@ def test_sigkill_with_queued_events_loses_none(fast_server, tmp_path):
         ids = set(pool.map(lambda i: send(lam, name, {"log": str(log), "n": i}), range(1000)))
     assert len(ids) == 1000
     srv.stop(signal.SIGKILL)
-    done_before = {line["request_id"] for line in lines(log)}
+    done_before = {line["request_id"] for line in json_lines(log)}
     assert len(done_before) < 1000, "the kill came while events were still queued"
     srv.start()
-    wait_for(lambda: {line["request_id"] for line in lines(log)} >= ids, timeout=120, interval=0.5)
+    wait_for(lambda: {line["request_id"] for line in json_lines(log)} >= ids, timeout=120, interval=0.5)
 
 
 def test_event_invoke_config_api(lam, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, create_function, unique, wait_for
+from conftest import Server, create_function, json_lines, unique, wait_for
 
 MQTT_URL = "mqtt://127.0.0.1:1883"
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -74,14 +74,8 @@ def handler(event, context):
 """
 
 
-def seen(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def items(path: Path) -> list[str]:
-    return [r["item"] for r in seen(path)]
+    return [r["item"] for r in json_lines(path)]
 
 
 @pytest.fixture
@@ -129,7 +123,7 @@ def mqtt_mapping(lam, name: str, base: str, out: Path, **kwargs) -> dict:
         FunctionName=name, SelfManagedEventSource={"Endpoints": {"MQTT_BROKER_URL": [MQTT_URL]}},
         Topics=[f"{base}/#"], **kwargs,
     )
-    wait_for(lambda: any(r["topic"] == f"{base}/ready" for r in seen(out)), timeout=30)
+    wait_for(lambda: any(r["topic"] == f"{base}/ready" for r in json_lines(out)), timeout=30)
     return mapping
 
 
@@ -143,14 +137,14 @@ def test_mqtt_batches_filters_and_shape(srv, tmp_path, topic):
     )
     assert mapping["SelfManagedEventSource"] == {"Endpoints": {"MQTT_BROKER_URL": [MQTT_URL]}}
     assert mapping["Topics"] == [f"{topic}/#"] and mapping["BatchSize"] == 5
-    probe = seen(out)[0]
+    probe = json_lines(out)[0]
     assert probe["retain"] is True and probe["qos"] == 1 and probe["source"] == "faas:mqtt"
     assert probe["arn"] == ESM_ARN + mapping["UUID"]
 
     sent = [(f"{topic}/dev/{i}", json.dumps({"kind": "keep", "n": i})) for i in range(10)]
     mqtt_publish(*sent, (f"{topic}/dev/x", json.dumps({"kind": "drop"})), (f"{topic}/dev/y", "plain text"))
-    wait_for(lambda: len(seen(out)) >= 11, timeout=30)
-    got = seen(out)[1:]
+    wait_for(lambda: len(json_lines(out)) >= 11, timeout=30)
+    got = json_lines(out)[1:]
     assert [json.loads(r["item"])["n"] for r in got] == list(range(10)), "in order, filtered ones left out"
     assert [r["topic"] for r in got] == [t for t, _ in sent]
     assert all(r["qos"] == 1 and r["retain"] is False and r["timestamp"] > 1e12 for r in got)
@@ -174,7 +168,7 @@ def test_mqtt_retries_in_order_and_keeps_messages_while_disabled(srv, tmp_path, 
     lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
     wait_for(lambda: state(lam, mapping["UUID"]) == "Disabled", timeout=10)
     mqtt_publish(*[(f"{topic}/b", f"later-{i}") for i in range(3)])
-    before = len(seen(out))
+    before = len(json_lines(out))
     assert lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)["State"] == "Enabling"
     wait_for(lambda: items(out)[before:] == [f"later-{i}" for i in range(3)], timeout=30)
 
@@ -255,8 +249,8 @@ def test_rabbitmq_batches_filters_and_event_shape(srv, tmp_path, queue):
     )
     assert mapping["Queues"] == [queue]
     assert mapping["SelfManagedEventSource"] == {"Endpoints": {"AMQP_URL": [AMQP_URL]}}
-    wait_for(lambda: len(seen(out)) >= 12, timeout=30)
-    got = seen(out)
+    wait_for(lambda: len(json_lines(out)) >= 12, timeout=30)
+    got = json_lines(out)
     assert [json.loads(r["item"])["n"] for r in got] == list(range(12))
     assert {r["source"] for r in got} == {"aws:rmq"} and {r["key"] for r in got} == {f"{queue}::/"}
     assert got[0]["arn"] == ESM_ARN + mapping["UUID"]
@@ -280,8 +274,8 @@ def test_rabbitmq_failure_requeues_and_disable_enable(srv, tmp_path, queue):
     name, out = consumer(lam, tmp_path)
     amqp_publish(queue, "fail-once")
     mapping = amqp_mapping(lam, name, queue, BatchSize=10)
-    wait_for(lambda: len(seen(out)) >= 2, timeout=30)
-    assert [(r["item"], r["redelivered"]) for r in seen(out)] == [("fail-once", False), ("fail-once", True)]
+    wait_for(lambda: len(json_lines(out)) >= 2, timeout=30)
+    assert [(r["item"], r["redelivered"]) for r in json_lines(out)] == [("fail-once", False), ("fail-once", True)]
     wait_for(lambda: lam.get_event_source_mapping(UUID=mapping["UUID"])["LastProcessingResult"] == "OK", timeout=10)
 
     lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Server, create_function, unique, wait_for
+from conftest import Server, create_function, json_lines, unique, wait_for
 
 # Appends one JSON line per record it receives, then fails records whose body/data asks for it.
 CONSUMER = """
@@ -39,12 +39,6 @@ def handler(event, context):
 """
 
 FAST = {"FAAS_MAPPINGS__IDLE_POLL": "0.2", "FAAS_MAPPINGS__RETRY_DELAY": "0.2", "FAAS_MAPPINGS__SCALE_INTERVAL": "0.2"}
-
-
-def seen(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -85,8 +79,8 @@ def test_queue_mapping_batches_and_shape(srv, tmp_path):
     wait_for(lambda: lam.get_event_source_mapping(UUID=created["UUID"])["State"] == "Enabled", timeout=10)
     for i in range(12):
         sqs.send_message(QueueUrl=url, MessageBody=f"m{i}")
-    wait_for(lambda: {r["item"] for r in seen(out)} == {f"m{i}" for i in range(12)}, timeout=30)
-    assert max(r["batch"] for r in seen(out)) <= 5
+    wait_for(lambda: {r["item"] for r in json_lines(out)} == {f"m{i}" for i in range(12)}, timeout=30)
+    assert max(r["batch"] for r in json_lines(out)) <= 5
     wait_for(lambda: drained(sqs, url), timeout=10)
     assert [m["UUID"] for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]] == [
         created["UUID"]]
@@ -139,13 +133,13 @@ def test_queue_filters_window_and_partial_failures(srv, tmp_path):
     bodies = [json.dumps({"kind": "keep", "n": i, "note": "fail-me" if i == 3 else ""}) for i in range(6)]
     bodies += [json.dumps({"kind": "drop", "n": 99}), "plain text"]
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)])
-    wait_for(lambda: sum('"n": 3' in r["item"] for r in seen(out)) >= 2, timeout=30)
-    items = [json.loads(r["item"]) for r in seen(out)]
+    wait_for(lambda: sum('"n": 3' in r["item"] for r in json_lines(out)) >= 2, timeout=30)
+    items = [json.loads(r["item"]) for r in json_lines(out)]
     assert {i["kind"] for i in items} == {"keep"}, "filtered-out messages never reach the function"
     assert sorted({i["n"] for i in items}) == [0, 1, 2, 3, 4, 5]
     assert [i["n"] for i in items].count(3) == 2, "only the reported failure came back"
     assert [i["n"] for i in items].count(0) == 1
-    assert seen(out)[0]["batch"] >= 2, "the batching window gathered messages into one batch"
+    assert json_lines(out)[0]["batch"] >= 2, "the batching window gathered messages into one batch"
     wait_for(lambda: drained(sqs, url), timeout=10)
 
 
@@ -159,16 +153,16 @@ def test_queue_failures_reach_the_dead_letter_queue_and_disable_keeps_messages(s
     sqs.send_message(QueueUrl=url, MessageBody="fail-all please")
     got = wait_for(lambda: sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1).get("Messages"), timeout=30)
     assert got[0]["Body"] == "fail-all please"
-    assert sum(r["item"] == "fail-all please" for r in seen(out)) == 2
+    assert sum(r["item"] == "fail-all please" for r in json_lines(out)) == 2
 
     lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
     wait_for(lambda: lam.get_event_source_mapping(UUID=mapping["UUID"])["State"] == "Disabled", timeout=10)
     for i in range(3):
         sqs.send_message(QueueUrl=url, MessageBody=f"later-{i}")
-    before = len(seen(out))
+    before = len(json_lines(out))
     enabled = lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
     assert enabled["State"] == "Enabling"
-    wait_for(lambda: {r["item"] for r in seen(out)[before:]} >= {f"later-{i}" for i in range(3)}, timeout=30)
+    wait_for(lambda: {r["item"] for r in json_lines(out)[before:]} >= {f"later-{i}" for i in range(3)}, timeout=30)
 
 
 def stream(kinesis, shards: int) -> str:
@@ -195,12 +189,12 @@ def test_stream_mapping_order_and_shape(srv, tmp_path):
         shard = kinesis.put_record(StreamName=arn.rsplit("/", 1)[1], Data=f"{key}:{i}".encode(),
                                    PartitionKey=key)["ShardId"]
         sent[shard].append(f"{key}:{i}")
-    wait_for(lambda: len(seen(out)) >= 80, timeout=30)
+    wait_for(lambda: len(json_lines(out)) >= 80, timeout=30)
     by_shard = defaultdict(list)
-    for r in seen(out):
+    for r in json_lines(out):
         by_shard[r["shard"]].append(r["item"])
     assert dict(by_shard) == dict(sent), "every record once, in order per shard"
-    assert max(r["batch"] for r in seen(out)) <= 10
+    assert max(r["batch"] for r in json_lines(out)) <= 10
     wait_for(lambda: lam.get_event_source_mapping(UUID=mapping["UUID"])["LastProcessingResult"] == "OK", timeout=10)
     with pytest.raises(lam.exceptions.InvalidParameterValueException) as exc:
         lam.create_event_source_mapping(EventSourceArn=arn, FunctionName=name)
@@ -231,8 +225,8 @@ def test_stream_bisect_and_failure_destination(srv, tmp_path):
     info = record["KinesisBatchInfo"]
     assert info["batchSize"] == 1 and info["startSequenceNumber"] == info["endSequenceNumber"]
     assert info["streamArn"] == arn and info["shardId"] == "shardId-000000000000"
-    wait_for(lambda: "d" in {r["item"] for r in seen(out)}, timeout=30)
-    done = {r["item"] for r in seen(out)}
+    wait_for(lambda: "d" in {r["item"] for r in json_lines(out)}, timeout=30)
+    done = {r["item"] for r in json_lines(out)}
     assert {"a", "b", "d"} <= done, "bisection let the good records through"
 
 
@@ -247,12 +241,12 @@ def test_stream_checkpoints_survive_sigkill(srv, tmp_path):
     for chunk in range(0, 200, 50):
         kinesis.put_records(StreamName=stream_name, Records=[
             {"Data": d.encode(), "PartitionKey": d} for d in sent[chunk:chunk + 50]])
-    wait_for(lambda: len(seen(out)) >= 20, timeout=30)
+    wait_for(lambda: len(json_lines(out)) >= 20, timeout=30)
     srv.stop(signal.SIGKILL)
     srv.start()
-    wait_for(lambda: {r["item"] for r in seen(out)} >= set(sent), timeout=60)
+    wait_for(lambda: {r["item"] for r in json_lines(out)} >= set(sent), timeout=60)
     by_shard: dict[str, list[str]] = defaultdict(list)
-    for r in seen(out):
+    for r in json_lines(out):
         by_shard[r["shard"]].append(r["key"])
     for keys in by_shard.values():
         first_seen = list(dict.fromkeys(keys))
@@ -283,10 +277,10 @@ def test_stream_filters_and_tumbling_window(srv, tmp_path):
     records = [{"kind": "keep", "n": 5}, {"kind": "drop", "n": 5}, {"kind": "keep", "n": 0}, "not json"]
     kinesis.put_records(StreamName=stream_name, Records=[
         {"Data": (json.dumps(r) if isinstance(r, dict) else r).encode(), "PartitionKey": "k"} for r in records])
-    wait_for(lambda: seen(out), timeout=30)
+    wait_for(lambda: json_lines(out), timeout=30)
     kinesis.put_record(StreamName=stream_name, Data=json.dumps({"kind": "keep", "n": 9}).encode(), PartitionKey="k")
-    wait_for(lambda: len(seen(out)) >= 2, timeout=30)
-    assert [json.loads(r["item"])["n"] for r in seen(out)] == [5, 9]
+    wait_for(lambda: len(json_lines(out)) >= 2, timeout=30)
+    assert [json.loads(r["item"])["n"] for r in json_lines(out)] == [5, 9]
 
     tumbling_out = tmp_path / "tumbling.jsonl"
     tumbler, _ = create_function(lam, TUMBLING, Environment={"Variables": {"OUT": str(tumbling_out)}})
@@ -295,7 +289,7 @@ def test_stream_filters_and_tumbling_window(srv, tmp_path):
                                     BatchSize=2, TumblingWindowInSeconds=60)
     kinesis.put_records(StreamName=second.rsplit("/", 1)[1],
                         Records=[{"Data": b"x", "PartitionKey": str(i)} for i in range(6)])
-    calls = wait_for(lambda: (rows := seen(tumbling_out)) and rows[-1]["total"] == 6 and rows, timeout=30)
+    calls = wait_for(lambda: (rows := json_lines(tumbling_out)) and rows[-1]["total"] == 6 and rows, timeout=30)
     assert [c["total"] for c in calls] == [2, 4, 6], "state passes from one invocation to the next"
     assert calls[0]["window"]["start"] == calls[-1]["window"]["start"]
     assert calls[0]["shard"] == "shardId-000000000000"
@@ -311,9 +305,9 @@ def test_stream_parallelization_keeps_order_per_key(srv, tmp_path):
     sent = [(f"key-{i % 5}", f"key-{i % 5}:{i}") for i in range(60)]
     kinesis.put_records(StreamName=arn.rsplit("/", 1)[1],
                         Records=[{"Data": data.encode(), "PartitionKey": key} for key, data in sent])
-    wait_for(lambda: len(seen(out)) >= 60, timeout=30)
+    wait_for(lambda: len(json_lines(out)) >= 60, timeout=30)
     got: dict[str, list[str]] = defaultdict(list)
-    for r in seen(out):
+    for r in json_lines(out):
         got[r["item"].split(":")[0]].append(r["item"])
     expected: dict[str, list[str]] = defaultdict(list)
     for key, data in sent:
@@ -341,7 +335,7 @@ def test_queue_pollers_scale_with_backlog_up_to_maximum_concurrency(srv, tmp_pat
                                                       for i in range(start, start + 10)])
     lam.create_event_source_mapping(EventSourceArn=arn, FunctionName=name, BatchSize=1,
                                     ScalingConfig={"MaximumConcurrency": 3})
-    rows = wait_for(lambda: (r := seen(out)) and sum(x["n"] for x in r) >= 30 and r, timeout=60)
+    rows = wait_for(lambda: (r := json_lines(out)) and sum(x["n"] for x in r) >= 30 and r, timeout=60)
     edges = sorted([(r["began"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
     running = peak = 0
     for _, step in edges:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from conftest import Server, create_function, unique, wait_for
+from conftest import Server, create_function, json_lines, unique, wait_for
 
 from faas.arn import Arns
 from faas.errors import ResourceNotFoundException, ServiceException
@@ -37,12 +37,6 @@ PATTERN = json.dumps({"source": ["app.orders"], "detail": {"total": [{"numeric":
 def error_of(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, str]:
     err = exc.value.response["Error"]
     return err["Code"], err["Message"]
-
-
-def lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def recorder(lam, tmp_path: Path) -> tuple[str, Path]:
@@ -630,7 +624,7 @@ def test_put_events_on_a_custom_bus_invokes_a_function(server, events, tmp_path)
         {"Source": "app.orders", "DetailType": "Order", "Detail": '{"total": 300}', "EventBusName": bus},
     ])
     assert resp["FailedEntryCount"] == 0
-    got = wait_for(lambda: (found := lines(log)) and len(found) >= 2 and found, timeout=30)
+    got = wait_for(lambda: (found := json_lines(log)) and len(found) >= 2 and found, timeout=30)
     whole = next(e for e in got if "source" in e)
     assert whole["id"] == resp["Entries"][1]["EventId"]
     assert whole["detail"] == {"total": 300}
@@ -651,7 +645,7 @@ def test_schedules_fire_with_a_shortened_minute(own_server, tmp_path):
     fn_arn, log = recorder(lam, tmp_path)
     rule_arn = events.put_rule(Name="every-minute", ScheduleExpression="rate(1 minute)")["RuleArn"]
     events.put_targets(Rule="every-minute", Targets=[{"Id": "fn", "Arn": fn_arn}])
-    got = wait_for(lambda: (found := lines(log)) and len(found) >= 3 and found, timeout=30)
+    got = wait_for(lambda: (found := json_lines(log)) and len(found) >= 3 and found, timeout=30)
     event = got[0]
     assert event["source"] == "aws.events" and event["detail-type"] == "Scheduled Event"
     assert event["version"] == "0" and event["detail"] == {}
@@ -679,10 +673,10 @@ def test_schedule_catches_up_one_tick_after_downtime(own_server, tmp_path):
     events.put_rule(Name="tick", ScheduleExpression="rate(1 minute)")
     events.put_targets(Rule="tick", Targets=[{"Id": "fn", "Arn": fn_arn}])
     created = time.time()
-    wait_for(lambda: lines(log), timeout=30)
+    wait_for(lambda: json_lines(log), timeout=30)
     srv.stop()
     stopped = time.time()
-    before = lines(log)
+    before = json_lines(log)
     last_before = max(epoch(e["time"]) for e in before)
 
     # Stay down for several periods: ticks are missed.
@@ -690,7 +684,7 @@ def test_schedule_catches_up_one_tick_after_downtime(own_server, tmp_path):
     restarted = time.time()
     srv.start()
     ready = time.time()
-    after = wait_for(lambda: (found := lines(log)[len(before):]) and len(found) >= 2 and found, timeout=30)
+    after = wait_for(lambda: (found := json_lines(log)[len(before):]) and len(found) >= 2 and found, timeout=30)
     ticks = sorted(epoch(e["time"]) for e in after)
     assert ticks[0] - last_before >= 3 * period - 1  # ticks were missed ...
     # ... but only the latest missed one fired, once, at start-up; older missed ticks never fire.
@@ -713,9 +707,9 @@ def test_pending_deliveries_survive_sigkill(own_server, tmp_path):
     ])
     assert resp["FailedEntryCount"] == 0
     srv.stop(signal.SIGKILL)
-    assert lines(log) == []
+    assert json_lines(log) == []
 
     srv.env.pop("FAAS_EVENTS__DISPATCH")
     srv.start()
-    got = wait_for(lambda: (found := lines(log)) and len(found) >= 5 and found, timeout=30)
+    got = wait_for(lambda: (found := json_lines(log)) and len(found) >= 5 and found, timeout=30)
     assert sorted(e["total"] for e in got) == [101, 102, 103, 104, 105]
