@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import types
+from concurrent.futures import ThreadPoolExecutor
 import urllib.request
 
 import prometheus_client.metrics
@@ -18,7 +19,10 @@ from conftest import create_function, wait_for
 from faas.metrics import Metrics
 
 CODE = """
+import time
+
 def handler(event, context):
+    time.sleep(event.get("sleep", 0))
     if event.get("fail"):
         raise KeyError(event["fail"])
     return "ok"
@@ -58,17 +62,24 @@ def test_metrics_follow_invocations(server, lam):
     # Stored log bytes count what the log writer has written (within its flush interval).
     wait_for(lambda: value(scrape(server.url), "faas_log_stored_bytes") > value(before, "faas_log_stored_bytes"))
 
-    # Reserved concurrency 0: every invocation is throttled, and an asynchronous one waits in the queue.
-    lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=0)
-    with pytest.raises(lam.exceptions.TooManyRequestsException):
-        lam.invoke(FunctionName=name)
-    lam.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
-    throttled = wait_for(lambda: (s := scrape(server.url)) and value(s, "faas_async_queue_depth", function=name)
-                         and value(s, "faas_throttles_total", **fn,
-                                   reason="ReservedFunctionConcurrentInvocationLimitExceeded") >= 2 and s)
-    assert value(throttled, "faas_async_queue_depth", function=name) == 1
-    assert value(throttled, "faas_async_oldest_event_age_seconds", function=name) >= 0
-    assert value(throttled, "faas_invocations_total", **fn) == 3
+    # Reserved concurrency 1, held by a slow invocation: another one is throttled, and an asynchronous one
+    # waits in the queue (throttles back off; they do not drop the event as reserved concurrency 0 would).
+    lam.put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lam.invoke, FunctionName=name, Payload=b'{"sleep": 2}')
+        wait_for(lambda: value(scrape(server.url), "faas_concurrent_executions", **fn) == 1)
+        with pytest.raises(lam.exceptions.TooManyRequestsException):
+            lam.invoke(FunctionName=name)
+        lam.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+        throttled = wait_for(lambda: (s := scrape(server.url)) and value(s, "faas_async_queue_depth", function=name)
+                             and value(s, "faas_throttles_total", **fn,
+                                       reason="ReservedFunctionConcurrentInvocationLimitExceeded") >= 2 and s)
+        assert value(throttled, "faas_async_queue_depth", function=name) == 1
+        assert value(throttled, "faas_async_oldest_event_age_seconds", function=name) >= 0
+        assert value(throttled, "faas_invocations_total", **fn) == 3
+        assert "FunctionError" not in slow.result()
+    # Once the slot is free, the queued event runs.
+    wait_for(lambda: value(scrape(server.url), "faas_invocations_total", **fn) == 5)
     lam.delete_function(FunctionName=name)
 
 
