@@ -29,7 +29,6 @@ from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
 from faas.api.model import add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
-from faas.api.url_invoke import function_urls
 from faas.arn import Arns
 from faas.config import Config
 from faas.events.mappings import MappingManager, PollSettings
@@ -77,7 +76,7 @@ _TRACER: web.AppKey[Tracer] = web.AppKey("tracer", Tracer)
 
 def create_app(config: Config) -> web.Application:
     # Function URL requests (by Host, or under /_faas/url/) are answered before the API's error middleware.
-    app = web.Application(middlewares=[function_urls, aws_errors], client_max_size=config.limits.create_request_bytes)
+    app = web.Application(middlewares=[aws_errors], client_max_size=config.limits.create_request_bytes)
 
     metrics = Metrics()
 

@@ -1,7 +1,8 @@
 """Function URLs on the wire: an HTTP request becomes an invocation with Lambda's payload format 2.0, and its
 result an HTTP response, buffered or streamed, as Lambda's function URLs answer.
 
-A request reaches a URL in one of two ways, both served by the `function_urls` middleware ahead of the API:
+A request reaches a URL in one of two ways, both recognised by `url_request` (the API's one middleware asks it
+first, so a function URL never meets the API's routing or error shapes):
 * host-based: `Host: <url-id>.lambda-url.<region>.localhost:<port>` (curl resolves `*.localhost` itself; any
   host name whose second label is `lambda-url` works, so a wildcard DNS name does too);
 * path-based, for clients that cannot set Host: `/_faas/url/<url-id>/<path>` on the server's own address;
@@ -57,22 +58,21 @@ class _BadResponse(Exception):
     """The function's result cannot be an HTTP response (Lambda answers 502)."""
 
 
-@web.middleware
-async def function_urls(request: web.Request, handler) -> web.StreamResponse:
+def url_request(request: web.Request) -> tuple[str, str, str] | None:
+    """(URL id, the path the function sees, the URL's domain) when the request is for a function URL."""
     host = request.host
     if ".lambda-url." in host:
         url_id, _, rest = host.partition(".")
         if rest.startswith("lambda-url."):
-            return await _serve(request, url_id, request.raw_path, host.rsplit(":", 1)[0])
+            return url_id, request.raw_path, host.rsplit(":", 1)[0]
     raw = request.raw_path
     if raw.startswith(URL_PATH_PREFIX):
         rest = raw[len(URL_PATH_PREFIX):]
         cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
         url_id, target = rest[:cut], rest[cut:]
-        svc = request.app[SERVICES]
-        domain = f"{url_id}.lambda-url.{svc.arns.region}.localhost"
-        return await _serve(request, url_id, target if target.startswith("/") else "/" + target, domain)
-    return await handler(request)
+        domain = f"{url_id}.lambda-url.{request.app[SERVICES].arns.region}.localhost"
+        return url_id, target if target.startswith("/") else "/" + target, domain
+    return None
 
 
 def _message(status: int, message: str | None, error_type: str, request_id: str) -> web.Response:
@@ -92,7 +92,8 @@ async def _latest_revision(registry: Registry, name: str) -> str | None:
     return fv.revision_id if fv is not None else None
 
 
-async def _serve(request: web.Request, url_id: str, target: str, domain: str) -> web.StreamResponse:
+async def serve_url(request: web.Request, url_id: str, target: str, domain: str) -> web.StreamResponse:
+    """Answer a function URL's request (`url_request` found it); never raises."""
     request_id = ids.request_id()
     try:
         return await _serve_url(request, url_id, target, domain, request_id)
