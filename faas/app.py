@@ -27,7 +27,7 @@ import faas.services.sns_api  # noqa: F401
 import faas.services.sqs_api  # noqa: F401
 from faas.api.json_protocol import JsonServices
 from faas.api.middleware import aws_errors
-from faas.api.model import add_routes, load_service_model
+from faas.api.model import LAMBDA_MODEL, add_routes, load_service_model
 from faas.api.server_routes import add_server_routes
 from faas.arn import Arns
 from faas.config import Config
@@ -236,5 +236,6 @@ def create_app(config: Config) -> web.Application:
     add_server_routes(app)
     app.router.add_get("/metrics", metrics.handle)
     JsonServices(JSON_SERVICES).add_routes(app)
-    add_routes(app, load_service_model())
+    app[LAMBDA_MODEL] = load_service_model()
+    add_routes(app, app[LAMBDA_MODEL])
     return app

@@ -20,11 +20,13 @@ log = logging.getLogger("faas")
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """Run the server until `stop` is set, then shut down: stop accepting, drain, close services."""
+    from faas.api.front import FrontSite
     from faas.app import create_app
 
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.server.shutdown_timeout)
+                           shutdown_timeout=config.server.shutdown_timeout,
+                           keepalive_timeout=config.server.keepalive_timeout)
     try:
         await runner.setup()
     except BaseException as exc:
@@ -34,7 +36,12 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             raise SystemExit(f"faas: {exc}") from None
         raise
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+        site: web.TCPSite
+        if config.server.invoke_front:
+            site = FrontSite(runner, config.server.host, config.server.port, config.server.shutdown_timeout,
+                             config.server.keepalive_timeout)
+        else:
+            site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
         await site.start()
         if config.server.port == 0:
             config.server.port = runner.addresses[0][1]

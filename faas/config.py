@@ -22,6 +22,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True):
     # functions). Empty means http://<host>:<port>.
     public_url: str = ""
     shutdown_timeout: float = 10.0
+    # Plain Invoke requests are parsed and answered by faas's own HTTP front (faas.api.front) until a
+    # connection sends anything else, when aiohttp takes it over; false: aiohttp serves every request.
+    invoke_front: bool = True
+    # Seconds an idle keep-alive connection stays open (aiohttp's default).
+    keepalive_timeout: float = 75.0
 
 
 class AccountConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -108,6 +108,10 @@ class Metrics:
         self.async_age = Gauge("faas_async_oldest_event_age_seconds", "Age of the oldest queued event.",
                                ("function",), registry=r)
         self._async_depth: Callable[[], Awaitable[list[dict]]] | None = None
+        # The invoke front (faas.api.front): requests it answered, connections it handed to aiohttp.
+        self.front_requests = 0
+        self.front_handovers = 0
+        r.register(_FrontCollector(self))
 
     def function(self, name: str, version: str) -> FunctionMetrics:
         fm = self._functions.get((name, version))
@@ -151,6 +155,19 @@ class Metrics:
         """`GET /metrics` in Prometheus's text format."""
         await self.refresh(time.time())
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+class _FrontCollector(Collector):
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        requests = CounterMetricFamily("faas_invoke_front_requests", "Invoke requests answered by the invoke front.")
+        requests.add_metric((), float(self.metrics.front_requests))
+        handovers = CounterMetricFamily("faas_invoke_front_handovers",
+                                        "Connections the invoke front handed to aiohttp (a request it does not take).")
+        handovers.add_metric((), float(self.metrics.front_handovers))
+        return [requests, handovers]
 
 
 class _FunctionCollector(Collector):

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from faas.api.model import operation
+from faas.api.model import Reply, operation
 from faas.errors import (
     InvalidParameterValueException,
     InvalidRequestContentException,
@@ -63,31 +63,40 @@ def check_async_payload(svc: Services, payload: bytes) -> None:
 
 @operation("Invoke")
 async def invoke(request: web.Request, p: dict[str, Any]) -> web.Response:
-    svc = request.app[SERVICES]
+    status, headers, body = await invoke_reply(request.app[SERVICES], p, request["request_id"],
+                                               request.headers.get("X-Amzn-Trace-Id"))
+    return web.Response(body=body, status=status, headers=headers)
+
+
+async def invoke_reply(svc: Services, p: dict[str, Any], request_id: str, trace_header: str | None) -> Reply:
+    """Invoke's answer to validated input; shared by the aiohttp route and the invoke front
+    (`faas.api.front`), which writes it to the connection itself."""
     ref = svc.arns.parse(p["FunctionName"], p.get("Qualifier"), for_invoke=True)
     payload: bytes = p.get("Payload") or b""
     invocation_type = p.get("InvocationType") or "RequestResponse"
     if invocation_type == "Event":
         check_async_payload(svc, payload)
-        await svc.async_queue.enqueue(ref.name, ref.qualifier, payload, request_id=request["request_id"])
-        return web.Response(status=202)
+        await svc.async_queue.enqueue(ref.name, ref.qualifier, payload, request_id=request_id)
+        return 202, {"x-amzn-RequestId": request_id}, None
     check_sync_payload(svc, payload, "InvokeFunction")
     if invocation_type == "DryRun":
         fv = await svc.router.resolve(ref.name, ref.qualifier)
-        return web.Response(status=204, headers={"X-Amz-Executed-Version": fv.version})
+        return 204, {"X-Amz-Executed-Version": fv.version, "x-amzn-RequestId": request_id}, None
     if invocation_type != "RequestResponse":
         raise InvalidParameterValueException(f"InvocationType {invocation_type} is not supported by this server yet.")
     result = await svc.router.invoke(InvokeRequest(
         function_name=ref.name,
         qualifier=ref.qualifier,
         payload=payload,
-        request_id=request["request_id"],
+        request_id=request_id,
         client_context=_client_context(p.get("ClientContext")),
-        trace_id=request.headers.get("X-Amzn-Trace-Id"),
+        trace_id=trace_header,
     ))
     headers = {"X-Amz-Executed-Version": result.executed_version}
     if result.function_error:
         headers["X-Amz-Function-Error"] = result.function_error
     if p.get("LogType") == "Tail":
         headers["X-Amz-Log-Result"] = tail_base64(result.log)
-    return web.Response(body=result.payload, status=200, headers=headers, content_type="application/json")
+    headers["Content-Type"] = "application/json"
+    headers["x-amzn-RequestId"] = request_id
+    return 200, headers, result.payload

@@ -11,13 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
 from aiohttp import web
 from botocore.loaders import Loader
 from botocore.model import OperationModel, ServiceModel, Shape
+from multidict import MultiMapping
 
 from faas.api.validation import validate
 from faas.errors import (
@@ -62,6 +63,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def empty_response(status: int = 204) -> web.Response:
     return web.Response(status=status)
+
+
+LAMBDA_MODEL: web.AppKey[ServiceModel] = web.AppKey("lambda_model", ServiceModel)
 
 
 def load_service_model(service: str = "lambda") -> ServiceModel:
@@ -131,12 +135,7 @@ def _dispatcher(route: _Route) -> Handler:
             raise UnknownOperationException(f"Operation {op.name} is not supported by this server yet.")
         plan = plans[op.name]
         params = await parse_input(plan, request)
-        if plan.shape is not None:
-            errors = validate(plan.shape, params)
-            if errors:
-                hook = _validation_hooks.get(op.name)
-                if hook is None or not hook(params, errors):
-                    raise ValidationException(validation_message(errors))
+        check_input(op.name, plan, params)
         request["operation"] = op.name
         return await handler(request, params)
 
@@ -197,17 +196,40 @@ class _InputPlan:
                 self.body[member] = mshape
 
 
+def input_plan(model: ServiceModel, name: str) -> _InputPlan:
+    return _InputPlan(model.operation_model(name))
+
+
+def check_input(name: str, plan: _InputPlan, params: dict[str, Any]) -> None:
+    """Validate an operation's input against the model; raises the error AWS answers with."""
+    if plan.shape is not None:
+        errors = validate(plan.shape, params)
+        if errors:
+            hook = _validation_hooks.get(name)
+            if hook is None or not hook(params, errors):
+                raise ValidationException(validation_message(errors))
+
+
 async def parse_input(plan: _InputPlan, request: web.Request) -> dict[str, Any]:
     if plan.shape is None:
         return {}
+    return collect_input(plan, request.match_info, request.headers, request.query if plan.query else None,
+                         await request.read())
+
+
+def collect_input(plan: _InputPlan, path: Mapping[str, str], headers: Mapping[str, str],
+                  query: MultiMapping[str] | None, body: bytes) -> dict[str, Any]:
+    """An operation's input members from where the plan says each lives: the path's (decoded) parameters,
+    the headers (case-insensitive), the query string (needed only when the plan has query members) and the
+    body."""
     params: dict[str, Any] = {}
-    for members, source in ((plan.uri, request.match_info), (plan.headers, request.headers)):
+    for members, source in ((plan.uri, path), (plan.headers, headers)):
         for member, where, mshape in members:
             raw = source.get(where)
             if raw is not None:
                 params[member] = _scalar(mshape, raw, where)
     if plan.query:
-        query = request.query
+        assert query is not None
         for member, where, mshape in plan.query:
             if mshape.type_name == "list":
                 values = query.getall(where, [])
@@ -216,7 +238,6 @@ async def parse_input(plan: _InputPlan, request: web.Request) -> dict[str, Any]:
             elif where in query:
                 params[member] = _scalar(mshape, query[where], where)
 
-    body = await request.read()
     if plan.payload is not None:
         if plan.payload_blob:
             params[plan.payload] = body
@@ -262,10 +283,15 @@ def _from_json(shape: Shape, value: Any, where: str) -> Any:
     return value
 
 
+Reply = tuple[int, dict[str, str], bytes | None]
+"""An answer as status, headers and body, for the paths that write HTTP themselves (the invoke front)."""
+
+
+def error_reply(err: LambdaError, request_id: str) -> Reply:
+    headers = {"x-amzn-ErrorType": err.code, "x-amzn-RequestId": request_id, "Content-Type": "application/json"}
+    return err.status, headers, _json_encoder.encode(err.body())
+
+
 def error_response(err: LambdaError, request_id: str) -> web.Response:
-    return web.Response(
-        body=_json_encoder.encode(err.body()),
-        status=err.status,
-        content_type="application/json",
-        headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": request_id},
-    )
+    status, headers, body = error_reply(err, request_id)
+    return web.Response(body=body, status=status, headers=headers)
