@@ -87,7 +87,7 @@ def _write_all(fd, data):
 def _flush_std():
     seen = []
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        if stream is None or any(stream is s for s in seen):
+        if stream is None or stream in seen:  # streams compare by identity
             continue
         seen.append(stream)
         try:
@@ -132,8 +132,21 @@ def _encode_text(text):
         return re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
 
 
-def _dumps(obj):
-    return json.dumps(obj, separators=_SEPARATORS, ensure_ascii=False, allow_nan=_ALLOW_NAN)
+# Built once: json.dumps with any non-default argument builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=_SEPARATORS, ensure_ascii=False, allow_nan=_ALLOW_NAN)
+_dumps = _ENCODER.encode
+
+
+class _NotPlain(Exception):
+    """A result holds something json cannot write by itself (a Decimal, or an error to report)."""
+
+
+def _not_plain(obj):
+    raise _NotPlain
+
+
+_PLAIN_ENCODER = json.JSONEncoder(separators=_SEPARATORS, ensure_ascii=False, allow_nan=_ALLOW_NAN,
+                                  default=_not_plain)
 
 
 def _safe_str(value):
@@ -155,6 +168,10 @@ def _to_json(value):
 
     Raises TypeError/ValueError (or anything json raises) when the value cannot be represented.
     """
+    try:
+        return _PLAIN_ENCODER.encode(value)
+    except _NotPlain:
+        pass  # written again below, where Decimals are handled and other objects reported
     decimals = []
     marker = []
 
