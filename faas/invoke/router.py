@@ -119,21 +119,28 @@ class Router:
     async def invoke(self, req: InvokeRequest, on_chunk: StreamCallback | None = None) -> InvokeResult:
         """Run one invocation. With `on_chunk`, a streaming handler's response goes there as it is written
         (custom runtimes answer whole: their response comes back in the result, as any other handler's)."""
-        fv = await self.resolve(req.function_name, req.qualifier, weighted=True)
+        q = req.qualifier
+        fv = self.registry.cached_version(req.function_name, q or LATEST) if not q or q == LATEST or q.isdigit() \
+            else None
+        if fv is None:
+            fv = await self.resolve(req.function_name, q, weighted=True)
         if fv.state != "Active":
             raise ResourceConflictException(
                 "The operation cannot be performed at this time. "
                 f"The function is currently in the following state: {fv.state}"
             )
         cfg = fv.config
-        prepared = await self.prepare(fv)
+        prepared = self._prepared.get((fv.function_name, fv.version, fv.revision_id, "on-demand")) \
+            or await self.prepare(fv)
         key, spec, env, interpreter = prepared.key, prepared.spec, prepared.env, prepared.interpreter
         invoked_arn = self.arns.function(fv.function_name, req.qualifier)
         fm = self.metrics.function(fv.function_name, fv.version)
         trace = self.tracer.begin(cfg.tracing_mode, req.trace_id)
         started = time.perf_counter()
         try:
-            instance, cold = await self.pools.acquire(key, spec, env, req.qualifier)
+            found = self.pools.take_idle(key, req.qualifier)
+            instance, cold = (found, False) if found is not None else \
+                await self.pools.acquire(key, spec, env, req.qualifier)
         except Throttled as exc:
             fm.throttled(exc.reason)
             raise TooManyRequestsException("Rate Exceeded.", Reason=exc.reason) from None
@@ -177,7 +184,8 @@ class Router:
                 })
         finally:
             fm.end()
-            await self.pools.release(key, instance, outcome is not None and outcome.reusable)
+            if not self.pools.put_back(key, instance, outcome is not None and outcome.reusable):
+                await self.pools.stop(instance)
         payload, error_type = outcome.payload, outcome.error_type
         if error_type is None and len(payload) > self.config.limits.response_payload_bytes:
             limit = self.config.limits.response_payload_bytes

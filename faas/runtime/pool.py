@@ -391,7 +391,30 @@ class Pools:
             if not late and (pool.typical_s or 0.0) < 4 * quickest:
                 return None
 
+    def take_idle(self, key: PoolKey, qualifier: str | None) -> Instance | None:
+        """`acquire`'s warm path without awaiting anything: the most recently used idle instance, when it can
+        serve as it is. None: use `acquire` (nothing idle, provisioned instances to prefer, or a stale one to
+        stop). Raises Throttled as `acquire` does."""
+        pool = self._pools.get(key)
+        if pool is None or not pool.idle or (qualifier and pool.provisioned.get(qualifier)):
+            return None
+        instance = pool.idle[-1]
+        now = time.monotonic()
+        if self._expired(instance, now):
+            return None
+        self._admit(key[0])
+        pool.idle.pop()
+        self._thaw(instance)
+        pool.busy.add(instance)
+        pool.busy_since[instance] = now
+        return instance
+
     async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
+        if not self.put_back(key, instance, reusable):
+            await self._stop(instance)
+
+    def put_back(self, key: PoolKey, instance: Instance, reusable: bool) -> bool:
+        """`release` without awaiting: False when the instance is not kept, and the caller must `stop` it."""
         self._leave(key[0])
         pool = self._pools.get(key)
         if pool is not None:
@@ -416,15 +439,19 @@ class Pools:
             assert meta is not None and pool is not None
             instance.last_used = time.monotonic()
             if meta.provisioned_for is None and self._hand_over(pool, instance):
-                return  # straight to a waiting invocation, still thawed
+                return True  # straight to a waiting invocation, still thawed
             self._freeze_later(instance)
             if meta.provisioned_for is not None:
                 pool.provisioned.setdefault(meta.provisioned_for, []).append(instance)
             else:
                 pool.idle.append(instance)
-            return
+            return True
         self._retired.discard(instance)
         self._forget(instance)
+        return False
+
+    async def stop(self, instance: Instance) -> None:
+        """Stop an instance `put_back` did not keep."""
         await self._stop(instance)
 
     async def provision(self, key: PoolKey, spec: InstanceSpec, env: dict[str, str], qualifier: str) -> Instance:

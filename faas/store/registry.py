@@ -122,6 +122,10 @@ class Registry:
         self._forget(name)
         return latest
 
+    def cached_version(self, name: str, version: str) -> FunctionVersion | None:
+        """The version if it is cached (the warm path's lookup, nothing awaited); None: ask `get_version`."""
+        return self._versions.get((name, version))
+
     async def get_version(self, name: str, version: str = LATEST) -> FunctionVersion | None:
         key = (name, version)
         if key in self._versions:
