@@ -20,7 +20,7 @@ log = logging.getLogger("faas")
 
 async def serve(config: Config, stop: asyncio.Event) -> None:
     """Run the server until `stop` is set, then shut down: stop accepting, drain, close services."""
-    from faas.api.front import FrontSite
+    from faas.api.front import BACKLOG, FrontSite
     from faas.app import create_app
 
     app = create_app(config)
@@ -41,7 +41,7 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
             site = FrontSite(runner, config.server.host, config.server.port, config.server.shutdown_timeout,
                              config.server.keepalive_timeout)
         else:
-            site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
+            site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True, backlog=BACKLOG)
         await site.start()
         if config.server.port == 0:
             config.server.port = runner.addresses[0][1]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 import zipfile
 from pathlib import Path
@@ -161,3 +163,11 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         time.sleep(interval)
+
+
+def front_counts(url: str) -> tuple[float, float]:
+    """The invoke front's counters in /metrics: (requests it answered, connections it handed to aiohttp)."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    found = dict(re.findall(r"^faas_invoke_front_(requests|handovers)_total ([0-9.e+]+)$", text, re.M))
+    return float(found["requests"]), float(found["handovers"])

@@ -9,11 +9,10 @@ import re
 import socket
 import threading
 import time
-import urllib.request
 
 import pytest
 
-from conftest import create_function, unique
+from conftest import create_function, front_counts, unique
 
 CODE = """
 import time
@@ -113,13 +112,6 @@ def normalised(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, dict[str
     if "x-amz-log-result" in headers:
         kept["x-amz-log-result"] = "present"
     return status, kept, body.replace(request_id, b"<id>")
-
-
-def front_counts(url: str) -> tuple[float, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    found = dict(re.findall(r"^faas_invoke_front_(requests|handovers)_total ([0-9.e+]+)$", text, re.M))
-    return float(found["requests"]), float(found["handovers"])
 
 
 def test_front_answers_as_aiohttp_does(server, fn):

@@ -49,6 +49,9 @@ _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "te"})
 _MAX_HEAD = 16384  # a head still unfinished after this much is aiohttp's to judge
 _PAUSE_AT = 1 << 20  # pipelined bytes buffered while a request runs before reading pauses
 _EMPTY_QUERY: MultiDict[str] = MultiDict()
+# Connections waiting to be accepted. asyncio's default (100) overflows when a burst of clients connects
+# while the loop is busy, and each dropped SYN costs its client a 1 s retransmission timeout.
+BACKLOG = 1024
 
 
 class _Head:
@@ -330,7 +333,7 @@ class FrontSite(web.TCPSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, shutdown_timeout: float,
                  keepalive_timeout: float = 75.0) -> None:
-        super().__init__(runner, host, port, reuse_address=True)
+        super().__init__(runner, host, port, reuse_address=True, backlog=BACKLOG)
         self.front: Front | None = None
         self._timeout = shutdown_timeout
         self._keepalive = keepalive_timeout
@@ -342,7 +345,8 @@ class FrontSite(web.TCPSite):
         self.front = Front(runner.app, runner.server, self._keepalive)
         self.front.start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self.front, self._host, self._port, reuse_address=True)
+        self._server = await loop.create_server(self.front, self._host, self._port, reuse_address=True,
+                                                backlog=self._backlog)
         self._bound_port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

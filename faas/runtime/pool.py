@@ -332,35 +332,46 @@ class Pools:
     async def _wait(self, pool: _Pool, timeout: float | None = None) -> Instance | None:
         """Wait for `_hand_over`: an instance or, without a `timeout`, a start slot (None). After `timeout`
         (an instance was all that would do), None."""
-        future: asyncio.Future[Instance | None] = asyncio.get_running_loop().create_future()
-        pool.waiters.append(future)
-        if timeout is None:
-            pool.slot_waiters.add(future)
+        future = self._enlist(pool, slot=timeout is None)
+        gone = True
         try:
             if timeout is None:
-                return await future
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            if future.done() and not future.cancelled():
-                return future.result()  # handed over just as the wait ended
-            future.cancel()
-            return None
-        except BaseException:
-            if future.done() and not future.cancelled():
-                handed = future.result()
-                if handed is not None:  # handed over, but this invocation is gone
-                    pool.busy.discard(handed)
-                    pool.busy_since.pop(handed, None)
-                    if not self._hand_over(pool, handed):
-                        self._freeze_later(handed)
-                        pool.idle.append(handed)
-                else:
-                    self._hand_over(pool, None)  # pass the start slot on
-            raise
+                handed = await future
+            else:
+                await asyncio.wait((future,), timeout=timeout)
+                # Handed over just as the wait ended, or not at all (None).
+                handed = future.result() if future.done() and not future.cancelled() else None
+            gone = False
+            return handed
         finally:
-            pool.slot_waiters.discard(future)
-            with contextlib.suppress(ValueError):
-                pool.waiters.remove(future)
+            self._withdraw(pool, future, gone)
+
+    def _enlist(self, pool: _Pool, slot: bool) -> asyncio.Future[Instance | None]:
+        """Join the pool's waiters (FIFO): for a freed instance, and with `slot` for a start slot too."""
+        future: asyncio.Future[Instance | None] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(future)
+        if slot:
+            pool.slot_waiters.add(future)
+        return future
+
+    def _withdraw(self, pool: _Pool, future: asyncio.Future[Instance | None], gone: bool) -> None:
+        """Leave the waiters. `gone`: the invocation is not going to use what it may have been handed (it was
+        cancelled, or failed), so an instance goes to the next waiter (or back to idle) and a slot is passed on."""
+        if gone and future.done() and not future.cancelled():
+            handed = future.result()
+            if handed is not None:
+                pool.busy.discard(handed)
+                pool.busy_since.pop(handed, None)
+                if not self._hand_over(pool, handed):
+                    self._freeze_later(handed)
+                    pool.idle.append(handed)
+            else:
+                self._hand_over(pool, None)
+        if not future.done():
+            future.cancel()
+        pool.slot_waiters.discard(future)
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(future)
 
     def _short(self, pool: _Pool) -> bool:
         """Whether the pool's function is short: twice its quickest invocation fits in queue_wait."""
@@ -376,20 +387,35 @@ class Pools:
             return None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 10 * wait  # however things look, start one after this long
-        while True:
-            begun = loop.time()
-            handed = await self._wait(pool, 2 * quickest)
-            if handed is not None:
-                return handed
-            # Timed out. Keep waiting only while instances still come free (one did lately) and the machine,
-            # not the number of instances, is what keeps requests waiting: the timeout itself fired late (the
-            # event loop is behind), or invocations hold their instance far longer than the quickest do (their
-            # replies wait for a busy server or CPU). A new instance would then only take CPU from the rest.
-            if not pool.busy or time.monotonic() - pool.released_at >= wait or loop.time() >= give_up:
-                return None
-            late = loop.time() - begun - 2 * quickest >= wait / 4
-            if not late and (pool.typical_s or 0.0) < 4 * quickest:
-                return None
+        # One place in the queue for the whole wait (first come, first handed), looked at again after 2x the
+        # quickest hold, then after doubling intervals up to queue_wait: under an overload hundreds of
+        # invocations wait, and re-arming each one's timer every fraction of a millisecond would take the
+        # event loop from the invocations it is trying to serve.
+        future = self._enlist(pool, slot=False)
+        gone = True
+        step = 2 * quickest
+        try:
+            while True:
+                begun = loop.time()
+                await asyncio.wait((future,), timeout=step)
+                if future.done():
+                    gone = False
+                    return future.result()
+                # Timed out. Keep waiting only while instances still come free (one did lately) and the
+                # machine, not the number of instances, is what keeps requests waiting: the timeout itself
+                # fired late (the event loop is behind), or invocations hold their instance far longer than the
+                # quickest do (their replies wait for a busy server or CPU). A new instance would then only
+                # take CPU from the rest.
+                if not pool.busy or time.monotonic() - pool.released_at >= wait or loop.time() >= give_up:
+                    gone = False
+                    return None
+                late = loop.time() - begun - step >= wait / 4
+                if not late and (pool.typical_s or 0.0) < 4 * quickest:
+                    gone = False
+                    return None
+                step = min(2 * step, wait)
+        finally:
+            self._withdraw(pool, future, gone)
 
     def take_idle(self, key: PoolKey, qualifier: str | None) -> Instance | None:
         """`acquire`'s warm path without awaiting anything: the most recently used idle instance, when it can
