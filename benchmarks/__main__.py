@@ -65,6 +65,9 @@ def _options() -> argparse.ArgumentParser:
     g.add_argument("--rates", type=_list(float), default=[25.0, 50.0, 75.0], metavar="P,...",
                    help="open: rates as percentages of the warm peak (default 25,50,75)")
     g.add_argument("--rps", type=_list(float), metavar="R,...", help="open: absolute rates instead of --rates")
+    g.add_argument("--client", choices=("raw", "aiohttp"), default="raw",
+                   help="warm, open: the generator's HTTP client, its own keep-alive HTTP/1.1 (raw, default) or "
+                        "aiohttp's ClientSession")
     g.add_argument("--invocations", type=int, default=200, metavar="N",
                    help="burst: concurrent invocations (default 200)")
     g.add_argument("--sleep", type=float, default=1.0, metavar="S", help="burst: seconds the function sleeps")

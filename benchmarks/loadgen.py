@@ -39,6 +39,7 @@ class Closed(msgspec.Struct, tag="closed"):
     duration: float
     warmup: float = 0.5
     timeout: float = 30.0
+    client: str = "raw"  # or "aiohttp" (see _RawClient)
 
 
 class Open(msgspec.Struct, tag="open"):
@@ -51,6 +52,7 @@ class Open(msgspec.Struct, tag="open"):
     duration: float
     max_inflight: int = 256
     timeout: float = 10.0
+    client: str = "raw"
 
 
 class Burst(msgspec.Struct, tag="burst"):
@@ -176,6 +178,120 @@ def _exception_kind(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
 
 
+class _RawConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of `_RawClient`: one request at a time, answers read by
+    Content-Length (what both servers send for these requests)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bool]] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0 or self.waiter is None:
+            return
+        head = bytes(self.buf[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17:stop if stop >= 0 else len(head)])
+        if len(self.buf) < end + 4 + length:
+            return
+        del self.buf[:end + 4 + length]
+        waiter, self.waiter = self.waiter, None
+        if not waiter.done():
+            waiter.set_result((int(head[9:12]), b"\r\nx-amz-function-error:" in head))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("connection lost"))
+
+
+class _RawClient:
+    """POSTs one fixed request over a pool of keep-alive connections, each written as one segment and
+    parsed by hand: the generator's own cost per request is a fraction of aiohttp's client, so more of the
+    machine is left to the server under test (both servers are driven the same way). `client="aiohttp"` in
+    a job uses aiohttp's ClientSession instead."""
+
+    def __init__(self, url: str, body: bytes, timeout: float):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.request = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.timeout = timeout
+        self.idle: list[_RawConnection] = []
+
+    async def post(self) -> tuple[int, bool]:
+        """(status, whether X-Amz-Function-Error was set)."""
+        conn = self.idle.pop() if self.idle else None
+        if conn is None:
+            loop = asyncio.get_running_loop()
+            _, conn = await loop.create_connection(_RawConnection, self.host, self.port)
+        assert conn.transport is not None
+        conn.waiter = asyncio.get_running_loop().create_future()
+        conn.transport.write(self.request)
+        try:
+            async with asyncio.timeout(self.timeout):
+                answer = await conn.waiter
+        except BaseException:
+            conn.transport.close()
+            raise
+        if not conn.lost:
+            self.idle.append(conn)
+        return answer
+
+    async def __aenter__(self) -> _RawClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+
+
+class _AiohttpClient:
+    def __init__(self, url: str, body: bytes, limit: int, timeout: float):
+        self.url, self.body = url, body
+        self.session = _session(limit, timeout)
+
+    async def post(self) -> tuple[int, bool]:
+        async with self.session.post(self.url, data=self.body) as resp:
+            await resp.read()
+            return resp.status, "X-Amz-Function-Error" in resp.headers
+
+    async def __aenter__(self) -> _AiohttpClient:
+        await self.session.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.__aexit__(*exc)
+
+
+def _client(kind: str, url: str, body: bytes, limit: int, timeout: float) -> _RawClient | _AiohttpClient:
+    if kind == "raw":
+        return _RawClient(url, body, timeout)
+    if kind == "aiohttp":
+        return _AiohttpClient(url, body, limit, timeout)
+    raise ValueError(f"unknown client {kind!r} (raw or aiohttp)")
+
+
+def _kind(status: int, function_error: bool) -> str | None:
+    if status != 200:
+        return str(status)
+    return "function-error" if function_error else None
+
+
 def _session(limit: int, timeout: float):
     import aiohttp
 
@@ -192,16 +308,14 @@ async def _closed(job: Closed) -> Outcome:
     measure_to = measure_from + job.duration
     cpu_marks: list[float] = []
 
-    async def worker(session) -> None:
+    async def worker() -> None:
         while True:
             t0 = time.perf_counter()
             if t0 >= measure_to:
                 return
             kind = None
             try:
-                async with session.post(job.url, data=job.body) as resp:
-                    await resp.read()
-                    kind = _error_kind(resp.status, resp.headers)
+                kind = _kind(*await client.post())
             except Exception as exc:  # noqa: BLE001 - every failure is a counted error
                 kind = _exception_kind(exc)
             t1 = time.perf_counter()
@@ -217,8 +331,8 @@ async def _closed(job: Closed) -> Outcome:
         await asyncio.sleep(max(0.0, measure_to - time.perf_counter()))
         cpu_marks.append(time.process_time())
 
-    async with _session(job.concurrency, job.timeout) as session:
-        await asyncio.gather(cpu_clock(), *(worker(session) for _ in range(job.concurrency)))
+    async with _client(job.client, job.url, job.body, job.concurrency, job.timeout) as client:
+        await asyncio.gather(cpu_clock(), *(worker() for _ in range(job.concurrency)))
     return Outcome(latencies_ms=latencies, ok=len(latencies), errors=dict(errors), elapsed_s=job.duration,
                    cpu_s=cpu_marks[1] - cpu_marks[0])
 
@@ -233,13 +347,11 @@ async def _open(job: Open) -> Outcome:
     max_lag = 0.0
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(session, intended: float) -> None:
+    async def one(intended: float) -> None:
         nonlocal inflight
         kind = None
         try:
-            async with session.post(job.url, data=job.body) as resp:
-                await resp.read()
-                kind = _error_kind(resp.status, resp.headers)
+            kind = _kind(*await client.post())
         except Exception as exc:  # noqa: BLE001 - every failure is a counted error
             kind = _exception_kind(exc)
         inflight -= 1
@@ -264,7 +376,7 @@ async def _open(job: Open) -> Outcome:
                 loop.call_soon_threadsafe(due_now.set)
             j = max(j + 1, int((time.perf_counter() - start) / interval) + 1)
 
-    async with _session(job.max_inflight, job.timeout) as session:
+    async with _client(job.client, job.url, job.body, job.max_inflight, job.timeout) as client:
         cpu0 = time.process_time()
         start = time.perf_counter() + 0.01
         pacer = threading.Thread(target=pace, args=(start,), name="pacer", daemon=True)
@@ -283,7 +395,7 @@ async def _open(job: Open) -> Outcome:
                     continue
                 max_lag = max(max_lag, now - intended)
                 inflight += 1
-                task = asyncio.create_task(one(session, intended))
+                task = asyncio.create_task(one(intended))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if i < total:

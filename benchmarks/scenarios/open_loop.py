@@ -24,7 +24,7 @@ def run(opts: Any, shared: Shared) -> Result:
     started, t0 = now_iso(), time.monotonic()
     duration = opts.duration or 3.0
     body = functions.payload(opts.payload_bytes)
-    notes: list[str] = []
+    notes: list[str] = [f"generator client: {opts.client}"]
     figures: dict[str, Any] = {"rates": []}
     server, note = start_faas(opts.spawner, opts.server_env)
     if note:
@@ -32,7 +32,7 @@ def run(opts: Any, shared: Shared) -> Result:
     with server, LoadGenerator() as gen:
         url, reply = setup_noop(server.url, opts.runtime, gen)
         # As many warm instances as the warm scenario's top level ended with.
-        gen.run(Closed(url, body, max(opts.concurrency), duration=0.0, warmup=1.0))
+        gen.run(Closed(url, body, max(opts.concurrency), duration=0.0, warmup=1.0, client=opts.client))
         if opts.rps:
             targets = [(None, float(r)) for r in opts.rps]
         else:
@@ -40,7 +40,8 @@ def run(opts: Any, shared: Shared) -> Result:
             if peak:
                 notes.append(f"rates are shares of the warm peak measured in this run: {stats.rate(peak)}")
             else:
-                peak = max(gen.run(Closed(url, body, c, 1.5, 0.3)).throughput for c in PROBE_CONCURRENCY)
+                peak = max(gen.run(Closed(url, body, c, 1.5, 0.3, client=opts.client)).throughput
+                           for c in PROBE_CONCURRENCY)
                 notes.append(f"rates are shares of a closed-loop probe's peak (c={PROBE_CONCURRENCY}): "
                              f"{stats.rate(peak)}")
             figures["peak_rps"] = round(peak, 1)
@@ -49,7 +50,7 @@ def run(opts: Any, shared: Shared) -> Result:
             settle(server.pid)
             meter = CpuMeter(server.pid)
             meter.start()
-            out = gen.run(Open(url, body, rps, duration))
+            out = gen.run(Open(url, body, rps, duration, client=opts.client))
             server_cpu, workers_cpu = meter.stop()
             lat = stats.summary(out.latencies_ms)
             figures["rates"].append({"share_pct": share, "rps": round(rps, 1), "sent": out.ok + out.error_count,
@@ -64,7 +65,7 @@ def run(opts: Any, shared: Shared) -> Result:
         with BaselineServer(reply) as baseline:
             base_url = baseline.url + functions.INVOKE_PATH.format(name="noop")
             for f in figures["rates"]:
-                out = gen.run(Open(base_url, body, f["rps"], duration))
+                out = gen.run(Open(base_url, body, f["rps"], duration, client=opts.client))
                 f["baseline_latency_ms"] = stats.summary(out.latencies_ms)
                 f["baseline_achieved_rps"] = round(out.ok / out.elapsed_s, 1)
     if server.leaked:

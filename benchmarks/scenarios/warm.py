@@ -84,10 +84,12 @@ def run(opts: Any, shared: Shared) -> Result:
         with BaselineServer(reply) as baseline:
             base_url = baseline.url + functions.INVOKE_PATH.format(name="noop")
             # One instance per outstanding request: start them all before anything is timed.
-            gen.run(Closed(invoke_url, body, max(opts.concurrency), duration=0.0, warmup=1.0))
+            gen.run(Closed(invoke_url, body, max(opts.concurrency), duration=0.0, warmup=1.0, client=opts.client))
             for c in opts.concurrency:
-                base = _measured(gen, Closed(base_url, body, c, duration, opts.warmup), baseline.pid)
-                faas = _measured(gen, Closed(invoke_url, body, c, duration, opts.warmup), server.pid)
+                base = _measured(gen, Closed(base_url, body, c, duration, opts.warmup, client=opts.client),
+                                 baseline.pid)
+                faas = _measured(gen, Closed(invoke_url, body, c, duration, opts.warmup, client=opts.client),
+                                 server.pid)
                 levels[c] = {"baseline": base, "faas": faas, "faas_instances": len(descendants(server.pid)),
                              "faas_pct_of_baseline": round(100 * faas["rps"] / base["rps"], 1) if base["rps"] else None}
     if server.leaked:
@@ -97,7 +99,7 @@ def run(opts: Any, shared: Shared) -> Result:
     best = max(levels, key=lambda c: levels[c]["faas"]["rps"])
     shared.warm_max_rps, shared.warm_max_concurrency = levels[best]["faas"]["rps"], best
     notes.append(f"faas peak: {stats.rate(shared.warm_max_rps)} at concurrency {best}; payload {len(body)} bytes; "
-                 f"{duration:g} s per level after {opts.warmup:g} s warm-up")
+                 f"{duration:g} s per level after {opts.warmup:g} s warm-up; generator client: {opts.client}")
     tables = [
         Table("Closed loop, no-op function: Invoke API (faas) vs bare aiohttp (base), same route and reply",
               ["concurrency", "base", "faas", "faas/base", "faas p50", "faas p95", "faas p99", "base p50",
