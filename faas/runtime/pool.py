@@ -370,7 +370,7 @@ class Pools:
         if not future.done():
             future.cancel()
         pool.slot_waiters.discard(future)
-        with contextlib.suppress(ValueError):
+        if future in pool.waiters:  # not when handed over (deque.remove's ValueError would repr the future)
             pool.waiters.remove(future)
 
     def _short(self, pool: _Pool) -> bool:
