@@ -38,6 +38,7 @@ from faas import ids
 from faas.api.invoke import invoke_reply
 from faas.api.model import LAMBDA_MODEL, Reply, check_input, collect_input, error_reply, input_plan
 from faas.errors import LambdaError, ServiceException
+from faas.flow_control import WriteFlow
 from faas.services import SERVICES
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class Front:
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
 
-class InvokeConnection(asyncio.Protocol):
+class InvokeConnection(WriteFlow, asyncio.Protocol):
     """One client connection, until it is handed to aiohttp."""
 
     def __init__(self, front: Front):
@@ -192,7 +193,6 @@ class InvokeConnection(asyncio.Protocol):
         self._eof = False
         self._closed = False
         self._reading_paused = False
-        self._writable: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None  # the request being answered (the loop keeps weak refs)
 
     # -- asyncio.Protocol ------------------------------------------------------------------------------
@@ -224,16 +224,7 @@ class InvokeConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.front.connections.discard(self)
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self.release_writer()
 
     # -- requests --------------------------------------------------------------------------------------
 
@@ -266,8 +257,8 @@ class InvokeConnection(asyncio.Protocol):
             reply = await self.front.answer(head, body)
             if not self._closed and not self.transport.is_closing():  # type: ignore[union-attr]
                 self._write(reply)
-                if self._writable is not None:
-                    await self._writable
+                if self.writable is not None:
+                    await self.writable
         finally:
             self.busy = False
             self._task = None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import msgspec
 
+from faas.flow_control import WriteFlow
 from faas.runtime.protocol import (
     INIT_ID,
     SENTINEL_MARK,
@@ -251,7 +252,7 @@ class FrameTooLarge(ValueError):
     """A frame from the worker longer than the channel's limit."""
 
 
-class _FrameChannel(asyncio.Protocol):
+class _FrameChannel(WriteFlow, asyncio.Protocol):
     """The worker's frame socket: JSON lines in, frames out. A reply goes from `data_received` to the waiting
     invocation through one future, with no stream machinery between (this is every warm invoke's path)."""
 
@@ -263,7 +264,6 @@ class _FrameChannel(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._eof = False
         self._overrun = False
-        self._writable: asyncio.Future[None] | None = None  # set while the transport asks us to pause
         self._expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -300,16 +300,7 @@ class _FrameChannel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._wake()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-        self._writable = None
+        self.release_writer()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -327,8 +318,7 @@ class _FrameChannel(asyncio.Protocol):
         per invocation costs less than an asyncio.timeout scope on the warm path)."""
         self._expired = True
         self._wake()
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
+        self.release_writer()
 
     async def readline(self) -> bytes:
         """The next frame with its newline; b"" once the worker has closed its end (or is gone). Raises
@@ -350,8 +340,8 @@ class _FrameChannel(asyncio.Protocol):
             self.transport.write(data)
 
     async def drain(self) -> None:
-        if self._writable is not None:
-            await self._writable
+        if self.writable is not None:
+            await self.writable
         if self._expired:
             raise TimeoutError
 
