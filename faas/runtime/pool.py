@@ -435,12 +435,10 @@ class Pools:
         pool.busy_since[instance] = now
         return instance
 
-    async def release(self, key: PoolKey, instance: Instance, reusable: bool) -> None:
-        if not self.put_back(key, instance, reusable):
-            await self._stop(instance)
-
     def put_back(self, key: PoolKey, instance: Instance, reusable: bool) -> bool:
-        """`release` without awaiting: False when the instance is not kept, and the caller must `stop` it."""
+        """An invocation is done with `instance`: it goes to a waiting invocation or back to the idle list
+        (nothing awaited). False when it is not kept (not reusable, expired, retired, shutting down): then the
+        caller `stop`s it."""
         self._leave(key[0])
         pool = self._pools.get(key)
         if pool is not None:
