@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from faas.runtime.cgroups import MemoryCgroups
 from faas.runtime.instance import Instance, InstanceSpec
@@ -114,6 +115,27 @@ class Limits:
     max_starting: int = 8
     cgroups: MemoryCgroups | None = None  # None: MemorySize is not enforced
     batch_scheduling: bool = True  # instances run under SCHED_BATCH (see `_run_as_batch`)
+
+
+async def _until(future: asyncio.Future[Any], timeout: float) -> None:
+    """Wait until `future` is done or `timeout` seconds pass, whichever comes first; `future` itself is left
+    alone (asyncio.wait does the same with sets and more callbacks: it showed under hundreds of waiters)."""
+    if future.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(timeout, wake)
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
 
 
 class Pools:
@@ -338,7 +360,7 @@ class Pools:
             if timeout is None:
                 handed = await future
             else:
-                await asyncio.wait((future,), timeout=timeout)
+                await _until(future, timeout)
                 # Handed over just as the wait ended, or not at all (None).
                 handed = future.result() if future.done() and not future.cancelled() else None
             gone = False
@@ -397,7 +419,7 @@ class Pools:
         try:
             while True:
                 begun = loop.time()
-                await asyncio.wait((future,), timeout=step)
+                await _until(future, step)
                 if future.done():
                     gone = False
                     return future.result()
