@@ -293,3 +293,21 @@ def test_without_the_front_aiohttp_serves_invoke(own_server):
         assert headers["x-amz-executed-version"] == "$LATEST"
     finally:
         conn.close()
+
+
+def test_a_payload_near_the_limit_both_ways(server, fn):
+    """A body arriving in many reads, and an answer written in two parts (head, then the large body)."""
+    text = "x" * (6 * 1048576 - 200)
+    conn = Conn(server.port)
+    try:
+        conn.send(request("POST", INVOKE.format(fn), json.dumps(text).encode()))
+        status, headers, body = conn.response()
+        assert status == 200 and "x-amz-function-error" not in headers, body[:200]
+        assert int(headers["content-length"]) == len(body) and json.loads(body) == {"echo": text}
+        before = front_counts(server.url)[0]
+        conn.send(request("POST", INVOKE.format(fn), b'{"after": "large"}'))  # the connection goes on
+        status, _, body = conn.response()
+        assert status == 200 and json.loads(body) == {"echo": {"after": "large"}}
+        assert front_counts(server.url)[0] == before + 1
+    finally:
+        conn.close()
