@@ -193,6 +193,7 @@ def test_a_request_dribbled_byte_by_byte(server, fn):
     (b"PUT /pot HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 404, "UnknownOperationException"),
     (b"POST " + INVOKE.format("{fn}").encode() + b" HTTP/1.1\r\nContent-Length: 1\r\n\r\n7", 400, None),
     (b"\x16\x03\x01garbage\r\n\r\n", 400, None),
+    (b"POST " + INVOKE.format("{fn}").encode() + b" HTTP/1.1\nHost: x\nContent-Length: 1\n\n7", 400, None),
 ])
 def test_requests_the_front_does_not_take_get_aiohttps_answer(server, fn, raw, status, error_type):
     """Chunked and Expect bodies, Connection: close, HTTP/1.0, non-ASCII headers, oversized payloads and

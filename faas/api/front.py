@@ -48,6 +48,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 t
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header line: aiohttp's parser decides
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "te"})
 _MAX_HEAD = 16384  # a head still unfinished after this much is aiohttp's to judge
+_BARE_LF = re.compile(rb"(?:^|[^\r])\n")  # a line ended without CR: this front never sees the head end
 _PAUSE_AT = 1 << 20  # pipelined bytes buffered while a request runs before reading pauses
 _EMPTY_QUERY: MultiDict[str] = MultiDict()
 # Connections waiting to be accepted. asyncio's default (100) overflows when a burst of clients connects
@@ -233,7 +234,7 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
         if end < 0:
-            if len(buf) > _MAX_HEAD or (self._eof and buf):
+            if len(buf) > _MAX_HEAD or (self._eof and buf) or _BARE_LF.search(buf):
                 self._hand_over()
             elif self._eof or self.front.closing:
                 self.close()
