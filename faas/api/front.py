@@ -44,8 +44,9 @@ from faas.services import SERVICES
 log = logging.getLogger(__name__)
 
 _INVOKE_PATH = re.compile(r"/2015-03-31/functions/([A-Za-z0-9_.:$%-]+)/invocations")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # in a header line: aiohttp's parser decides
+# Header lines: a name (an RFC 9110 token), a colon, a value without control characters (else aiohttp's parser
+# decides); checked for the whole head at once.
+_FIELDS = re.compile(r"(?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*)*")
 _HANDED_OVER = frozenset({"transfer-encoding", "expect", "upgrade", "te"})
 _MAX_HEAD = 16384  # a head still unfinished after this much is aiohttp's to judge
 _BARE_LF = re.compile(rb"(?:^|[^\r])\n")  # a line ended without CR: this front never sees the head end
@@ -72,8 +73,10 @@ def parse_head(head: bytes) -> _Head | None:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
+    first, _, fields = text.partition("\r\n")
+    if fields and _FIELDS.fullmatch(text, len(first)) is None:
+        return None
+    parts = first.split(" ")
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
         return None
     path, _, query = parts[1].partition("?")
@@ -88,10 +91,8 @@ def parse_head(head: bytes) -> _Head | None:
     headers: CIMultiDict[str] = CIMultiDict()
     length = None
     host = False
-    for line in lines[1:]:
-        field, sep, value = line.partition(":")
-        if not sep or _TOKEN.fullmatch(field) is None or _CONTROL.search(value) is not None:
-            return None
+    for line in fields.split("\r\n") if fields else ():
+        field, _, value = line.partition(":")
         value = value.strip(" \t")
         lower = field.lower()
         if lower in _HANDED_OVER:
@@ -274,7 +275,7 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
     def _write(self, reply: Reply) -> None:
         status, headers, body = reply
         lines = [_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()]
-        lines.extend(f"{k}: {v}\r\n".encode() for k, v in headers.items())
+        lines.append("".join([f"{k}: {v}\r\n" for k, v in headers.items()]).encode())
         if status != 204:
             lines.append(b"Content-Length: %d\r\n" % (len(body) if body else 0))
         lines.append(self.front.date())
