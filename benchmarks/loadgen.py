@@ -166,12 +166,11 @@ class LoadGenerator:
 # -- child side -------------------------------------------------------------------------------------
 
 
-def _error_kind(status: int, headers: object) -> str | None:
+def _kind(status: int, function_error: bool) -> str | None:
+    """What went wrong with an answer (None: nothing): its status, or a function error."""
     if status != 200:
         return str(status)
-    if "X-Amz-Function-Error" in headers:  # type: ignore[operator]
-        return "function-error"
-    return None
+    return "function-error" if function_error else None
 
 
 def _exception_kind(exc: BaseException) -> str:
@@ -284,12 +283,6 @@ def _client(kind: str, url: str, body: bytes, limit: int, timeout: float) -> _Ra
     if kind == "aiohttp":
         return _AiohttpClient(url, body, limit, timeout)
     raise ValueError(f"unknown client {kind!r} (raw or aiohttp)")
-
-
-def _kind(status: int, function_error: bool) -> str | None:
-    if status != 200:
-        return str(status)
-    return "function-error" if function_error else None
 
 
 def _session(limit: int, timeout: float):
@@ -425,7 +418,7 @@ async def _burst(job: Burst) -> Outcome:
         try:
             async with session.post(job.url, data=job.body) as resp:
                 body = await resp.read()
-                kind = _error_kind(resp.status, resp.headers)
+                kind = _kind(resp.status, "X-Amz-Function-Error" in resp.headers)
                 replies.append(Reply((time.perf_counter() - t0) * 1000, resp.status, body, {}))
         except Exception as exc:  # noqa: BLE001 - every failure is a counted error
             kind = _exception_kind(exc)

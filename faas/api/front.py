@@ -224,8 +224,7 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
         return True  # an answer in progress may still be written
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self.front.connections.discard(self)
+        self._leave()
         self.release_writer()
 
     # -- requests --------------------------------------------------------------------------------------
@@ -240,9 +239,12 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
             elif self._eof or self.front.closing:
                 self.close()
             return
+        if self.front.closing:
+            self.close()
+            return
         head = parse_head(bytes(buf[:end])) if end else None
-        if head is None or head.length > self.front.max_body or self.front.closing:
-            self._hand_over() if not self.front.closing else self.close()
+        if head is None or head.length > self.front.max_body:
+            self._hand_over()
             return
         start = end + 4
         if len(buf) - start < head.length:
@@ -292,8 +294,7 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
         """aiohttp's protocol takes the connection from here on, starting with the bytes not yet answered."""
         transport = self.transport
         assert transport is not None
-        self._closed = True
-        self.front.connections.discard(self)
+        self._leave()
         self.front.metrics.front_handovers += 1
         handler: Any = self.front.server()
         transport.set_protocol(handler)
@@ -306,15 +307,18 @@ class InvokeConnection(WriteFlow, asyncio.Protocol):
         if self._reading_paused:
             transport.resume_reading()
 
-    def close(self) -> None:
+    def _leave(self) -> None:
+        """This connection is no longer the front's: closed, lost or handed to aiohttp."""
         self._closed = True
         self.front.connections.discard(self)
+
+    def close(self) -> None:
+        self._leave()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
-        self._closed = True
-        self.front.connections.discard(self)
+        self._leave()
         if self.transport is not None:
             self.transport.abort()
 

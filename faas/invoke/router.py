@@ -71,6 +71,11 @@ class InvokeResult(msgspec.Struct):
 StreamCallback = Callable[[bytes, str | None, str], Awaitable[None]]
 
 
+def _prepared_key(fv: FunctionVersion, initialization: str) -> tuple[str, str, str, str]:
+    """What `Router.prepare` caches by: the revision id changes with every update."""
+    return fv.function_name, fv.version, fv.revision_id, initialization
+
+
 class Router:
     def __init__(
         self, config: Config, arns: Arns, registry: Registry, code: CodeStore, pools: Pools,
@@ -106,6 +111,13 @@ class Router:
             raise function_not_found(self.arns.function(name, q))
         return found
 
+    def _cached_version(self, name: str, qualifier: str | None) -> FunctionVersion | None:
+        """`resolve`'s answer when it needs nothing awaited: a version (not an alias) already cached. None: ask
+        `resolve`."""
+        if qualifier and qualifier != LATEST and not qualifier.isdigit():
+            return None
+        return self.registry.cached_version(name, qualifier or LATEST)
+
     def _pick(self, alias: Alias) -> str:
         """Split traffic by the alias's weights. A golden-ratio sequence rather than random draws: any run of
         n calls sends weight*n of them (within one or two) to the extra version."""
@@ -119,19 +131,15 @@ class Router:
     async def invoke(self, req: InvokeRequest, on_chunk: StreamCallback | None = None) -> InvokeResult:
         """Run one invocation. With `on_chunk`, a streaming handler's response goes there as it is written
         (custom runtimes answer whole: their response comes back in the result, as any other handler's)."""
-        q = req.qualifier
-        fv = self.registry.cached_version(req.function_name, q or LATEST) if not q or q == LATEST or q.isdigit() \
-            else None
-        if fv is None:
-            fv = await self.resolve(req.function_name, q, weighted=True)
+        fv = self._cached_version(req.function_name, req.qualifier) \
+            or await self.resolve(req.function_name, req.qualifier, weighted=True)
         if fv.state != "Active":
             raise ResourceConflictException(
                 "The operation cannot be performed at this time. "
                 f"The function is currently in the following state: {fv.state}"
             )
         cfg = fv.config
-        prepared = self._prepared.get((fv.function_name, fv.version, fv.revision_id, "on-demand")) \
-            or await self.prepare(fv)
+        prepared = self._prepared.get(_prepared_key(fv, "on-demand")) or await self.prepare(fv)
         key, spec, env, interpreter = prepared.key, prepared.spec, prepared.env, prepared.interpreter
         invoked_arn = self.arns.function(fv.function_name, req.qualifier)
         fm = self.metrics.function(fv.function_name, fv.version)
@@ -242,7 +250,7 @@ class Router:
     async def prepare(self, fv: FunctionVersion, initialization: str = "on-demand") -> Prepared:
         """How instances of a version start: pool key, spec and environment. Cached: the key includes the
         revision id, so an update makes a new entry and the warm path does no work here."""
-        cache_key = (fv.function_name, fv.version, fv.revision_id, initialization)
+        cache_key = _prepared_key(fv, initialization)
         prepared = self._prepared.get(cache_key)
         if prepared is not None:
             return prepared

@@ -305,9 +305,7 @@ class Pools:
             if stale:
                 await asyncio.gather(*(self._stop(i) for i in stale))
             if found is not None:
-                self._thaw(found)
-                pool.busy.add(found)
-                pool.busy_since[found] = time.monotonic()
+                self._take(pool, found)
                 return found, False
             handed = await self._wait_for_release(pool)
             # A short function's instance serves hundreds of invocations a second: one start at a time adds
@@ -318,9 +316,7 @@ class Pools:
                 if handed is None and pool.idle and pool.idle[-1].alive:
                     handed = pool.idle.pop()  # put back by an invocation that gave up its hand-over
             if handed is not None:
-                self._thaw(handed)  # not frozen: only marks it taken, so no pending freeze applies
-                pool.busy.add(handed)
-                pool.busy_since.setdefault(handed, time.monotonic())
+                self._take(pool, handed)  # not frozen: thawing only marks it taken, so no freeze is due
                 return handed, False
             if not self._take_token(name):
                 raise Throttled("FunctionInvocationRateLimitExceeded")
@@ -336,6 +332,12 @@ class Pools:
         except BaseException:
             self._leave(name)
             raise
+
+    def _take(self, pool: _Pool, instance: Instance) -> None:
+        """An invocation has `instance`: thawed, busy, and held since now (or since it was handed over)."""
+        self._thaw(instance)
+        pool.busy.add(instance)
+        pool.busy_since.setdefault(instance, time.monotonic())
 
     def _hand_over(self, pool: _Pool, instance: Instance | None) -> bool:
         """Wake the first invocation still waiting on `pool` with a free instance, or, with None, the first
@@ -452,9 +454,7 @@ class Pools:
             return None
         self._admit(key[0])
         pool.idle.pop()
-        self._thaw(instance)
-        pool.busy.add(instance)
-        pool.busy_since[instance] = now
+        self._take(pool, instance)
         return instance
 
     def put_back(self, key: PoolKey, instance: Instance, reusable: bool) -> bool:
