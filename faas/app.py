@@ -94,7 +94,7 @@ def create_app(config: Config) -> web.Application:
             retention_days=lc.retention_days, max_bytes=lc.max_bytes, flush_interval=lc.flush_interval,
             flush_records=lc.flush_records, maintenance_interval=lc.maintenance_interval,
             day_seconds=lc.day_seconds,
-        ))
+        ), process=lc.writer == "process")
         await store.open()
         store.start()
         metrics.watch_logs(store)

@@ -51,9 +51,10 @@ async def serve(config: Config, stop: asyncio.Event) -> None:
         # the cyclic collector's passes, whose full scans would otherwise stall the event loop for milliseconds.
         gc.collect()
         gc.freeze()
-        # The event loop shares the GIL with the log writer's and SQLite's threads. A thread doing Python work
-        # (a log batch, ~2 ms) keeps the GIL until the switch interval asks for it back, 5 ms by default: that
-        # was the open loop's tail latency (p99 7-17 ms at 3,400/s, 3.1-3.8 ms with 0.5 ms).
+        # The event loop shares the GIL with SQLite's thread (and the log writer's, with logs.writer = "thread").
+        # A thread doing Python work keeps the GIL until the switch interval asks for it back, 5 ms by default:
+        # with the log writer's thread (a batch, ~2 ms) that was the open loop's tail latency (p99 7-17 ms at
+        # 3,400/s, 3.1-3.8 ms with 0.5 ms).
         sys.setswitchinterval(SWITCH_INTERVAL)
         # Tests and scripts wait for this line (or poll /health).
         print(f"faas listening on {config.base_url} (data dir {config.data_path})", flush=True)

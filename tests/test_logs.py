@@ -404,9 +404,10 @@ async def test_store_migrates_version_1(tmp_path):
         assert conn.execute("SELECT id, event_count FROM log_events").fetchall() == [(3, 2)]
 
 
-async def test_store_writes_a_large_batch(tmp_path):
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+async def test_store_writes_a_large_batch(tmp_path, process):
     # 300 invocations in one write: rows go in by INSERTs of 128, 128, 32, 8 and 4 rows.
-    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0, flush_records=1000))
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0, flush_records=1000), process=process)
     await store.open()
     try:
         for n in range(300):
@@ -424,12 +425,13 @@ async def test_store_writes_a_large_batch(tmp_path):
         await store.close()
 
 
-async def test_store_survives_reopen(tmp_path):
-    store = LogStore(tmp_path / "logs.db")
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+async def test_store_survives_reopen(tmp_path, process):
+    store = LogStore(tmp_path / "logs.db", process=process)
     await store.open()
     store.record("f", "/g", "s", b"kept\n", time.time())
     await store.close()
-    again = LogStore(tmp_path / "logs.db")
+    again = LogStore(tmp_path / "logs.db", process=not process)
     await again.open()
     try:
         page = await again.filter("/g", streams=None, stream_prefix=None, start_ms=None, end_ms=None, cursor=None,
@@ -437,6 +439,73 @@ async def test_store_survives_reopen(tmp_path):
         assert [e.message for e in page.events] == ["kept\n"] and again.stored_bytes == 5 + 26
     finally:
         await again.close()
+
+
+async def test_store_in_its_own_process(tmp_path):
+    """The writer in a process of its own: what is recorded is read back, a filter pattern is compiled again
+    there, NotFound crosses over, stored_bytes comes back; when the process dies, the next call starts another
+    and nothing written before is lost; closing ends it."""
+    store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0), process=True)
+    await store.open()
+
+    async def read() -> list[str]:
+        page = await store.events("/g", "s", start_ms=None, end_ms=None, token=None, limit=10, from_head=True)
+        return [e.message for e in page.events]
+
+    try:
+        first = store._worker
+        assert first is not None and first.proc is not None and first.proc.pid != os.getpid()
+        store.record("f", "/g", "s", b"alpha\nbeta ERROR x\n", time.time())
+        store.record("f", "/g", "s", "gamma \u00e9\n".encode(), time.time())
+        assert await read() == ["alpha\n", "beta ERROR x\n", "gamma \u00e9\n"]
+        assert store.stored_bytes == 6 + 13 + 9 + 3 * 26
+        page = await store.filter("/g", streams=None, stream_prefix=None, start_ms=None, end_ms=None, cursor=None,
+                                  limit=10, matcher=compile_filter("ERROR"))
+        assert [e.message for e in page.events] == ["beta ERROR x\n"]
+        with pytest.raises(NotFound):
+            await store.events("/g", "nope", start_ms=None, end_ms=None, token=None, limit=10, from_head=True)
+
+        first.proc.kill()
+        await first.proc.wait()
+        store.record("f", "/g", "s", b"delta\n", time.time())
+        assert await read() == ["alpha\n", "beta ERROR x\n", "gamma \u00e9\n", "delta\n"]
+        assert store._worker is not first and store._worker.proc.pid != first.proc.pid
+    finally:
+        await store.close()
+    assert store._worker is None and first.proc.returncode is not None
+
+
+def _log_writer_pid(server_pid: int) -> int:
+    for child in subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split():
+        with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"faas.store.log_process" in f.read():
+                return int(child)
+    raise AssertionError("no log writer process under the server")
+
+
+def test_server_log_writer_killed(own_server):
+    """A server's log writer killed outright: invocations go on, their logs are written by a new writer, the
+    logs written before are still there, and the server's stop ends the writer."""
+    srv = own_server()
+    lam, logs = srv.client(), srv.client("logs")
+    try:
+        name, _ = create_function(lam, PRINTER)
+        before, _ = invoke(lam, name, lines=1)
+        wait_for(lambda: len(filtered(logs, group_of(name), '"line 0"')) == 1)
+        assert srv.proc is not None
+        writer = _log_writer_pid(srv.proc.pid)
+        os.kill(writer, signal.SIGKILL)
+        after = [invoke(lam, name, lines=1)[0] for _ in range(3)]
+        wait_for(lambda: len(filtered(logs, group_of(name), '"line 0"')) == 4, timeout=20)
+        reports = filtered(logs, group_of(name), "REPORT")
+        assert all(any(rid in m for m in reports) for rid in [before, *after])
+        again = _log_writer_pid(srv.proc.pid)
+        assert again != writer
+    finally:
+        lam.close()
+        logs.close()
+    srv.stop()
+    wait_for(lambda: not os.path.exists(f"/proc/{again}") or open(f"/proc/{again}/stat").read().split()[2] == "Z")
 
 
 # -- splitting and patterns ----------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def run(opts: Any, shared: Shared) -> Result:
     notes.append("served: answers per second of schedule; base p50/p99: the same schedule against the bare aiohttp "
                  "server (the generator's own floor); dropped: due while 256 requests were outstanding, so "
                  "never sent; errors: non-200 answers, function errors and timeouts (10 s); instances: "
-                 "processes below the server after the rate (workers, and a zygote if any); CPU as % of one core")
+                 "processes below the server after the rate (workers, a zygote if any, the log writer); CPU as % of one core")
     options = {"rates_pct": opts.rates, "rps": opts.rps, "duration": duration, "payload_bytes": len(body),
                "spawner": opts.spawner, "runtime": opts.runtime}
     return Result("open", started, time.monotonic() - t0, options, [table], notes, figures)

@@ -266,6 +266,10 @@ class PatternError(Exception):
 
 def compile_filter(pattern: str) -> Matcher:
     """A filter pattern as a `Matcher`; raises PatternError for one CloudWatch would reject."""
+    return msgspec.structs.replace(_compile_filter(pattern), source=pattern)
+
+
+def _compile_filter(pattern: str) -> Matcher:
     text = pattern.strip()
     if not text or text == '""':
         return Matcher()

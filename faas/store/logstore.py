@@ -1,16 +1,17 @@
 """Invocation logs in their own SQLite file (`<data_dir>/logs.db`), apart from the registry, so that
 writing logs never waits on, or holds up, the registry's writer.
 
-`record()` is called on the invocation path and only appends to an in-memory buffer. One thread owns the
-database: it takes the buffer every `flush_interval` (or sooner when `flush_records` are waiting), splits each
-invocation's text into events and inserts them in one transaction. Reads run on the same thread after a
-flush, so a query sees every log recorded before it was made. A periodic pass deletes events older than their
+`record()` is called on the invocation path and only appends to an in-memory buffer. One writer owns the
+database: a process of its own (`faas.store.log_process`, the server's default) or a thread. It takes the
+buffer every `flush_interval` (or sooner when `flush_records` are waiting), splits each invocation's text into
+events and inserts them in one transaction. Reads run on the writer after a flush, so a query sees every log
+recorded before it was made. A periodic pass deletes events older than their
 group's retention, then the oldest events while the file holds more than `max_bytes`.
 
 A row of `log_events` holds one event, or a run of `event_count` one-line events of one invocation (usually
 all of them): the row's id is its first event's id and the others follow, so the event ids are those one row
-per event would have had. Every row and index entry costs the writer, whose thread competes with the event
-loop for the GIL; reads split rows back into events.
+per event would have had. Every row and index entry costs the writer (a thread of it competes with the event
+loop for the GIL); reads split rows back into events.
 
 Logs are buffered by design: a crash may lose the last `flush_interval` of them (the invocation results are
 not affected). When the writer falls behind by `max_pending_bytes`, new logs are dropped and counted.
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+
+from faas.store.log_process import LogProcess, LogProcessExited
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,7 +69,7 @@ _NO_ID = 1 << 63  # past every event id (SQLite's are below it)
 class LogSettings(msgspec.Struct, frozen=True):
     retention_days: int = 0  # for groups without a retention policy; 0: kept until the size cap
     max_bytes: int = 1 << 30  # all events together, as CloudWatch counts them; 0: no cap
-    flush_interval: float = 0.2
+    flush_interval: float = 0.05
     flush_records: int = 4096  # invocation logs waiting that trigger a flush before the interval
     max_pending_bytes: int = 64 << 20
     maintenance_interval: float = 60.0
@@ -125,6 +128,18 @@ class Matcher(msgspec.Struct, frozen=True):
     accepts: Callable[[str], bool] | None = None
     required: tuple[str, ...] = ()
     json: bool = False
+    source: str = ""  # the filter pattern it was compiled from
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # `accepts` is a closure, which pickle cannot send to the log store's process: the pattern is
+        # compiled again there.
+        return (_compiled_filter, (self.source,))
+
+
+def _compiled_filter(pattern: str) -> Matcher:
+    from faas.services.cloudwatch_logs import compile_filter
+
+    return compile_filter(pattern)
 
 
 # -- splitting one invocation's text into events -----------------------------------------------------
@@ -210,21 +225,42 @@ def row_events(count: int, message: str) -> list[str]:
 # -- the store ----------------------------------------------------------------------------------------
 
 
-class LogStore:
-    """Log groups, streams and events in `path`. Call `open()`, then `start()` for the periodic pass."""
+_Record = tuple[str, str, bytes, float]  # log group, stream, text, when (epoch seconds)
+_RECORDS = msgspec.msgpack.Decoder(list[_Record])
 
-    def __init__(self, path: Path, settings: LogSettings | None = None):
+
+def _packed_header(count: int) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big")  # msgpack's array of up to 2**32 - 1 items
+
+
+class LogStore:
+    """Log groups, streams and events in `path`. Call `open()`, then `start()` for the periodic pass.
+
+    The database work (the `_`-prefixed methods run through `_run`) happens on one thread of its own, or with
+    `process=True` in a process of its own (`faas.store.log_process`, which runs this class's methods), so
+    that turning logs into rows never takes the GIL from the event loop."""
+
+    def __init__(self, path: Path, settings: LogSettings | None = None, *, process: bool = False):
         self.path = path
         self.settings = settings or LogSettings()
+        self.process = process
         self.dropped = 0  # invocation logs dropped because the writer was behind
         self.stored_bytes = 0  # as of the last write or pass
         self._executor: ThreadPoolExecutor | None = None
+        self._worker: LogProcess | None = None
+        self._restarting: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None  # used on the executor's thread only
         self._groups: dict[str, int] = {}
-        self._streams: dict[tuple[int, str], int] = {}
-        self._pending: list[tuple[str, str, bytes, float]] = []
-        self._pending_bytes = 0
+        self._streams: dict[tuple[str, str], tuple[int, int]] = {}  # (group, stream) names -> their ids
+        self._pending: list[_Record] = []  # recorded, not yet sent to be written (thread writer)
+        # The process writer's: the same records, msgpack-encoded as they are recorded, after 5 bytes left
+        # for the array header (`_packed_header`).
+        self._packed = bytearray(5)
+        self._packed_count = 0
+        self._encoder = msgspec.msgpack.Encoder()
+        self._batch_bytes = 0  # log text recorded, not yet sent to be written
+        self._pending_bytes = 0  # log text recorded, not yet written
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
@@ -235,15 +271,27 @@ class LogStore:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faas-logs")
-        await self._run(self._open_db)
+        if self.process:
+            await self._start_worker()
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faas-logs")
+            await self._run(self._open_db)
+
+    async def _start_worker(self) -> None:
+        worker = LogProcess(self.path, self.settings, self._stored)
+        await worker.start()
+        self._worker = worker
+        await worker.call("_open_db", ())  # before any call sent after this one
+
+    def _stored(self, stored_bytes: int) -> None:
+        self.stored_bytes = stored_bytes
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._maintain_forever(), name="faas-log-retention")
 
     async def close(self, timeout: float = 10.0) -> None:
         """Write what is buffered (waiting up to `timeout`), then close the file. Idempotent."""
-        if self._closed or self._executor is None:
+        if self._closed or not self._opened:
             return
         self._closed = True
         if self._task is not None:
@@ -254,9 +302,20 @@ class LogStore:
             await asyncio.wait_for(asyncio.shield(self.flush()), timeout)
         except Exception:
             log.warning("log store: buffered logs not written before shutdown", exc_info=True)
+        try:
+            await self._run(self._close_db)
+        except Exception:
+            log.warning("log store: not closed cleanly", exc_info=True)
         executor, self._executor = self._executor, None
-        await asyncio.get_running_loop().run_in_executor(executor, self._close_db)
-        executor.shutdown(wait=False)
+        worker, self._worker = self._worker, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+        if worker is not None:
+            await worker.stop(timeout)
+
+    @property
+    def _opened(self) -> bool:
+        return self._executor is not None or self._worker is not None
 
     def _open_db(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,9 +337,34 @@ class LogStore:
             self._conn = None
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        return await self._submit(fn, *args)
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """`fn(*args)` on the database thread, or its namesake in the log store's process."""
+        if self._executor is not None:
+            return asyncio.wrap_future(self._executor.submit(fn, *args))
+        if self._worker is None:
             raise RuntimeError("log store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        if self._worker.alive:
+            return self._worker.call(fn.__name__, args)
+        return asyncio.ensure_future(self._after_restart(fn.__name__, args))
+
+    async def _after_restart(self, method: str, args: tuple[Any, ...]) -> Any:
+        """The log store's process died: start another (one for all the calls that find it gone), then call."""
+        if self._restarting is None or self._restarting.done():
+            log.warning("log store process gone; starting another")
+            self._restarting = asyncio.create_task(self._start_worker())
+        await asyncio.shield(self._restarting)
+        assert self._worker is not None
+        return await self._worker.call(method, args)
+
+    async def _write_once_more(self, sent: asyncio.Future[None], packed: bytearray) -> None:
+        """`sent`, a `_write_packed` in the log store's process, sent again to its successor when it died first
+        (a transaction it had not committed is rolled back; one it had, but not answered, is written twice)."""
+        try:
+            await sent
+        except LogProcessExited:
+            await self._submit(self._write_packed, packed)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn` on the database thread after everything recorded so far is written."""
@@ -300,9 +384,18 @@ class LogStore:
                 log.warning("log writer behind: %d invocation log(s) dropped (latest of %s)", self.dropped,
                             function_name)
             return
-        self._pending.append((log_group, stream, text, when))
+        if self.process:
+            # Encoded now, a piece per invocation: pickling thousands at once stalled the event loop at
+            # every flush.
+            self._encoder.encode_into((log_group, stream, text, when), self._packed, -1)
+            self._packed_count += 1
+            waiting = self._packed_count
+        else:
+            self._pending.append((log_group, stream, text, when))
+            waiting = len(self._pending)
+        self._batch_bytes += len(text)
         self._pending_bytes += len(text)
-        if len(self._pending) >= self.settings.flush_records:
+        if waiting >= self.settings.flush_records:
             self._flush_now()
         elif self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(self.settings.flush_interval, self._flush_now)
@@ -311,11 +404,18 @@ class LogStore:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending or self._executor is None:
+        if not (self._pending or self._packed_count) or not self._opened:
             return
-        batch, self._pending = self._pending, []
-        size = sum(len(t) for _, _, t, _ in batch)
-        future = asyncio.wrap_future(self._executor.submit(self._write, batch))
+        size, self._batch_bytes = self._batch_bytes, 0
+        if self.process:
+            packed, self._packed = self._packed, bytearray(5)
+            packed[:5] = _packed_header(self._packed_count)
+            self._packed_count = 0
+            # Sent now: a read sent after this flush must find the batch written.
+            future = asyncio.ensure_future(self._write_once_more(self._submit(self._write_packed, packed), packed))
+        else:
+            batch, self._pending = self._pending, []
+            future = self._submit(self._write, batch)
         self._inflight.add(future)
         future.add_done_callback(lambda f: self._written(f, size))
 
@@ -334,7 +434,11 @@ class LogStore:
         if self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
-    def _write(self, batch: list[tuple[str, str, bytes, float]]) -> None:
+    def _write_packed(self, packed: bytearray) -> None:
+        """`_write` for records packed by `record` (the process writer)."""
+        self._write(_RECORDS.decode(packed))
+
+    def _write(self, batch: list[_Record]) -> None:
         now = int(time.time() * 1000)
         rows: list[tuple[int, int, int, int, int, str, int]] = []
         touched: dict[int, list[int]] = {}  # stream id -> [bytes, first ts, last ts]
@@ -344,8 +448,8 @@ class LogStore:
             next_id = 1 if top is None else top[0]
             for group, stream, text, when in batch:
                 ts = int(when * 1000)
-                gid = self._group_id(group, ts)
-                sid = self._stream_id(gid, stream, ts)
+                ids = self._streams.get((group, stream))
+                gid, sid = ids if ids is not None else self._stream_id(group, stream, ts)
                 size = 0
                 for count, message in event_rows(text):
                     rows.append((next_id, gid, sid, ts, now, message, count))
@@ -356,8 +460,10 @@ class LogStore:
                     touched[sid] = [size, ts, ts]
                 else:
                     agg[0] += size
-                    agg[1] = min(agg[1], ts)
-                    agg[2] = max(agg[2], ts)
+                    if ts > agg[2]:
+                        agg[2] = ts
+                    elif ts < agg[1]:
+                        agg[1] = ts
             self._insert(conn, rows)
             conn.executemany(
                 "UPDATE log_streams SET stored_bytes = stored_bytes + ?,"
@@ -406,15 +512,17 @@ class LogStore:
             gid = self._groups[name] = conn.execute("SELECT id FROM log_groups WHERE name = ?", (name,)).fetchone()[0]
         return gid
 
-    def _stream_id(self, gid: int, name: str, now_ms: int) -> int:
-        sid = self._streams.get((gid, name))
-        if sid is None:
+    def _stream_id(self, group: str, name: str, now_ms: int) -> tuple[int, int]:
+        """The ids of `group` and its stream `name`, both created when missing."""
+        ids = self._streams.get((group, name))
+        if ids is None:
+            gid = self._group_id(group, now_ms)
             conn = self._db
             conn.execute("INSERT OR IGNORE INTO log_streams(group_id, name, created_ms) VALUES (?, ?, ?)",
                          (gid, name, now_ms))
             sid = conn.execute("SELECT id FROM log_streams WHERE group_id = ? AND name = ?", (gid, name)).fetchone()[0]
-            self._streams[(gid, name)] = sid
-        return sid
+            ids = self._streams[(group, name)] = (gid, sid)
+        return ids
 
     # -- retention and the size cap -----------------------------------------------------------------
 
