@@ -205,7 +205,7 @@ class LogsConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Logs are written in batches: every flush_interval seconds, or sooner when flush_records are waiting (each
     # commit costs the writer a round of page writes, so larger batches cost less per invocation; reads write
     # what is buffered first, so they always see every log recorded before them).
-    flush_interval: float = 0.05
+    flush_interval: float = 0.2
     flush_records: int = 4096
     # How often retention and the size cap are enforced.
     maintenance_interval: float = 60.0
