@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, create_function, unique, wait_for
 from faas.logs import invocation_log
-from faas.services.cloudwatch_logs import PatternError, compile_filter
+from faas.store.log_filter import PatternError, compile_filter
 from faas.store.logstore import (
     MAX_EVENT_CHARS,
     LogSettings,

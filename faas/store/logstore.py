@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from faas.store.log_filter import Matcher
 from faas.store.log_process import LogProcess, LogProcessExited
 
 log = logging.getLogger(__name__)
@@ -119,27 +120,6 @@ class NotFound(Exception):
     def __init__(self, what: str):
         super().__init__(what)
         self.what = what
-
-
-class Matcher(msgspec.Struct, frozen=True):
-    """A compiled filter: `accepts(message)`; what SQL can test first: substrings every accepted message
-    contains, and whether only JSON objects can match."""
-
-    accepts: Callable[[str], bool] | None = None
-    required: tuple[str, ...] = ()
-    json: bool = False
-    source: str = ""  # the filter pattern it was compiled from
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # `accepts` is a closure, which pickle cannot send to the log store's process: the pattern is
-        # compiled again there.
-        return (_compiled_filter, (self.source,))
-
-
-def _compiled_filter(pattern: str) -> Matcher:
-    from faas.services.cloudwatch_logs import compile_filter
-
-    return compile_filter(pattern)
 
 
 # -- splitting one invocation's text into events -----------------------------------------------------
