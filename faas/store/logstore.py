@@ -10,7 +10,7 @@ group's retention, then the oldest events while the file holds more than `max_by
 
 A row of `log_events` holds one event, or a run of `event_count` one-line events of one invocation (usually
 all of them): the row's id is its first event's id and the others follow, so the event ids are those one row
-per event would have had. Every row and index entry costs the writer (a thread of it competes with the event
+per event would have had. Every row and index entry costs the writer (on a thread, it competes with the event
 loop for the GIL); reads split rows back into events.
 
 Logs are buffered by design: a crash may lose the last `flush_interval` of them (the invocation results are
@@ -365,8 +365,8 @@ class LogStore:
                             function_name)
             return
         if self.process:
-            # Encoded now, a piece per invocation: pickling thousands at once stalled the event loop at
-            # every flush.
+            # Encoded now, a piece per invocation: pickling a batch at flush took the event loop ~0.5 ms per
+            # thousand invocations in one go.
             self._encoder.encode_into((log_group, stream, text, when), self._packed, -1)
             self._packed_count += 1
             waiting = self._packed_count
@@ -440,10 +440,8 @@ class LogStore:
                     touched[sid] = [size, ts, ts]
                 else:
                     agg[0] += size
-                    if ts > agg[2]:
-                        agg[2] = ts
-                    elif ts < agg[1]:
-                        agg[1] = ts
+                    agg[1] = min(agg[1], ts)
+                    agg[2] = max(agg[2], ts)
             self._insert(conn, rows)
             conn.executemany(
                 "UPDATE log_streams SET stored_bytes = stored_bytes + ?,"
