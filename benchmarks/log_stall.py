@@ -23,7 +23,8 @@ import uvloop
 
 from faas.cli import SWITCH_INTERVAL
 from faas.logs import invocation_log
-from faas.store.logstore import LogSettings, LogStore
+from faas.store.logdb import LogSettings
+from faas.store.logstore import LogStore
 
 STALL = 0.0002
 

@@ -55,7 +55,8 @@ from faas.store.code import CodeStore
 from faas.store.db import Database
 from faas.store.events import EventStore
 from faas.store.layers import Layers, prune_opt
-from faas.store.logstore import LogSettings, LogStore
+from faas.store.logdb import LogSettings
+from faas.store.logstore import LogStore
 from faas.store.mappings import Mappings
 from faas.store.provisioned import ConcurrencySettings
 from faas.store.registry import Registry

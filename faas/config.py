@@ -211,8 +211,8 @@ class LogsConfig(msgspec.Struct, forbid_unknown_fields=True):
     maintenance_interval: float = 60.0
     # Seconds in a retention day; tests set it small to see events expire.
     day_seconds: float = 86400.0
-    # Where the store's database work runs: "process" (a child process, `faas.store.log_process`: turning logs
-    # into rows never takes the GIL from the event loop) or "thread" (one process less: ~20 MB PSS less).
+    # Where the store's database work runs: "process" (a child process, `faas.store.log_child`: turning logs
+    # into rows never takes the GIL from the event loop) or "thread" (one process less: ~13 MB PSS less).
     writer: Literal["process", "thread"] = "process"
 
 

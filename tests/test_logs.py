@@ -19,16 +19,9 @@ import pytest
 from conftest import REPO, create_function, unique, wait_for
 from faas.logs import invocation_log
 from faas.store.log_filter import PatternError, compile_filter
-from faas.store.logstore import (
-    MAX_EVENT_CHARS,
-    LogSettings,
-    LogStore,
-    Matcher,
-    NotFound,
-    event_rows,
-    row_events,
-    split_events,
-)
+from faas.store.log_filter import Matcher
+from faas.store.logdb import MAX_EVENT_CHARS, LogSettings, NotFound, event_rows, row_events, split_events
+from faas.store.logstore import LogStore
 
 PRINTER = """
 import json
@@ -478,7 +471,7 @@ async def test_store_in_its_own_process(tmp_path):
 def _log_writer_pid(server_pid: int) -> int:
     for child in subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split():
         with contextlib.suppress(OSError), open(f"/proc/{child}/cmdline", "rb") as f:
-            if b"faas.store.log_process" in f.read():
+            if b"faas.store.log_child" in f.read():
                 return int(child)
     raise AssertionError("no log writer process under the server")
 
@@ -582,7 +575,7 @@ def test_event_rows_hold_split_events(monkeypatch):
         raise AssertionError(f"general path taken for {text[:50]!r}")
 
     with monkeypatch.context() as patch:
-        patch.setattr("faas.store.logstore._split", general)
+        patch.setattr("faas.store.logdb._split", general)
         assert all(len(event_rows(text)) == 1 for text in PLAIN)
         with pytest.raises(AssertionError):
             event_rows(OTHER[0])
@@ -595,8 +588,8 @@ async def test_store_rows_read_as_events(tmp_path, monkeypatch):
     """Several events in one row read exactly as one row each would: the same ids, pages and tokens in both
     directions from any id, time windows, filter matches (never across lines of a row), cursors and the
     scan limit that ends a FilterLogEvents page."""
-    monkeypatch.setattr("faas.store.logstore._FILTER_CHUNK", 3)  # rows a query fetches
-    monkeypatch.setattr("faas.store.logstore._FILTER_SCAN", 7)  # events one call examines
+    monkeypatch.setattr("faas.store.logdb._FILTER_CHUNK", 3)  # rows a query fetches
+    monkeypatch.setattr("faas.store.logdb._FILTER_SCAN", 7)  # events one call examines
     store = LogStore(tmp_path / "logs.db", LogSettings(max_bytes=0))
     await store.open()
     texts = [*PLAIN[:6], *OTHER[:3], b"alpha 1\nbeta 2\n", b"alpha beta 3\n", b'x\n  {"a": 1}\n{"a": 2}\n']

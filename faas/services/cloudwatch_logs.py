@@ -17,7 +17,8 @@ from aiohttp import web
 from faas.api.json_protocol import JsonServiceError, json_operation
 from faas.services import SERVICES, Services
 from faas.store.log_filter import PatternError, compile_filter
-from faas.store.logstore import LogEvent, LogGroupInfo, LogStore, LogStreamInfo, NotFound
+from faas.store.logdb import LogEvent, LogGroupInfo, LogStreamInfo, NotFound
+from faas.store.logstore import LogStore
 
 SERVICE = "logs"
 RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,

@@ -1,5 +1,6 @@
-"""The log store's own process: `LogStore(..., process=True)` runs its database work here instead of on a
-thread of the server.
+"""The log store's own process, parent side: `LogStore(..., process=True)` runs its database work
+(`faas.store.logdb.LogDatabase`'s methods) in a child (`faas.store.log_child`) instead of on a thread of the
+server.
 
 Why: turning each invocation's text into rows is Python, and on a thread it shares the GIL with the event
 loop. At thousands of invocations a second a flush held the GIL for milliseconds in pieces, and each time the
@@ -7,13 +8,13 @@ loop wanted it back it waited up to a switch interval (plus a thread wake-up). `
 busy loop recording 6,500 logs a second: 55-125 ms lost to stalls over 0.2 ms in 4 s with the thread, 9-22 ms
 with this process. Here the loop only encodes each record as it comes and sends one frame per flush.
 
-The parent (`LogProcess`) and the child (`python -m faas.store.log_process`) exchange frames on the child's
-stdin and stdout: a 4-byte big-endian length, then a pickle. The first frame to the child is the store's
-`(path, settings)`; then each call is `(call id, method name, args)`, run in order by the child's own
-`LogStore`, and answered `(call id, ok, result or exception, stored_bytes)`. The child ignores SIGINT and
-SIGTERM (it runs in its own session, and the server decides when logs are flushed) and exits when its stdin
-closes, so it never outlives the server. When it dies anyway, calls in flight fail and the next call starts
-a new one.
+The parent (`LogProcess`) and the child (`python -m faas.store.log_child`) exchange frames on the child's
+stdin and stdout: a 4-byte big-endian length, then a pickle. The first frame to the child is the database's
+path; then each call is `(call id, method name, args)`, run in order by the child's `LogDatabase`, and
+answered `(call id, ok, result or exception, stored_bytes)`. The child ignores SIGINT and SIGTERM (it runs in
+its own session, and the server decides when logs are flushed) and exits when its stdin closes, so it never
+outlives the server. When it dies anyway, calls in flight fail with `LogProcessExited` and the next call
+starts a new one.
 """
 
 from __future__ import annotations
@@ -21,16 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import signal
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
+
+from faas.store.log_child import HEADER
 
 log = logging.getLogger(__name__)
-
-_HEADER = struct.Struct(">I")
 
 
 class LogProcessExited(RuntimeError):
@@ -41,9 +40,8 @@ class LogProcess:
     """Parent side: `call(method name, args)` gives a future of the method's result in the child.
     `on_stored(bytes)` hears the child's `stored_bytes` after every call."""
 
-    def __init__(self, path: Path, settings: Any, on_stored: Callable[[int], None]):
+    def __init__(self, path: Path, on_stored: Callable[[int], None]):
         self.path = path
-        self.settings = settings
         self.on_stored = on_stored
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -52,11 +50,11 @@ class LogProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "faas.store.log_process",
+            sys.executable, "-m", "faas.store.log_child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C at the server's terminal is the server's to handle
         )
-        self._send(pickle.dumps((str(self.path), self.settings)))
+        self._send(pickle.dumps(str(self.path)))
         self._reader = asyncio.create_task(self._read(self.proc), name="faas-log-process")
 
     @property
@@ -73,14 +71,14 @@ class LogProcess:
 
     def _send(self, data: bytes) -> None:
         assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(_HEADER.pack(len(data)))
+        self.proc.stdin.write(HEADER.pack(len(data)))
         self.proc.stdin.write(data)  # not joined to the header: a batch is hundreds of kB
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         try:
             while True:
-                (size,) = _HEADER.unpack(await proc.stdout.readexactly(_HEADER.size))
+                (size,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
                 call_id, ok, value, stored = pickle.loads(await proc.stdout.readexactly(size))
                 self.on_stored(stored)
                 future = self._pending.pop(call_id, None)
@@ -114,48 +112,3 @@ class LogProcess:
             log.warning("log store process did not exit within %g s; killing it", timeout)
             proc.kill()
             await reader
-
-
-# -- child side -------------------------------------------------------------------------------------
-
-
-def _frame(stream: BinaryIO) -> bytes | None:
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
-def _answer(call_id: int, ok: bool, value: Any, stored: int) -> bytes:
-    try:
-        return pickle.dumps((call_id, ok, value, stored), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # noqa: BLE001 - a result or error that will not pickle is reported as one that does
-        return pickle.dumps((call_id, False, RuntimeError(f"{value!r} cannot be sent: {exc}"), stored))
-
-
-def main() -> None:
-    from faas.store.logstore import LogStore
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    first = _frame(inp)
-    if first is None:
-        return
-    path, settings = pickle.loads(first)
-    store = LogStore(Path(path), settings)
-    while (frame := _frame(inp)) is not None:
-        call_id, method, args = pickle.loads(frame)
-        try:
-            answer = _answer(call_id, True, getattr(store, method)(*args), store.stored_bytes)
-        except Exception as exc:  # noqa: BLE001 - the caller's to raise
-            answer = _answer(call_id, False, exc, store.stored_bytes)
-        out.write(_HEADER.pack(len(answer)) + answer)
-        out.flush()
-
-
-if __name__ == "__main__":
-    main()
