@@ -34,7 +34,7 @@ def _answer(call_id: int, ok: bool, value: Any, stored: int) -> bytes:
 
 
 def main() -> None:
-    from faas.store.logdb import LogDatabase
+    from faas.store.logdb import LogDatabase, Pacer
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -43,7 +43,7 @@ def main() -> None:
     first = _frame(inp)
     if first is None:
         return
-    database = LogDatabase(Path(pickle.loads(first)))
+    database = LogDatabase(Path(pickle.loads(first)), Pacer())
     while (frame := _frame(inp)) is not None:
         call_id, method, args = pickle.loads(frame)
         try:
