@@ -20,7 +20,16 @@ from conftest import REPO, create_function, unique, wait_for
 from faas.logs import invocation_log
 from faas.store.log_filter import PatternError, compile_filter
 from faas.store.log_filter import Matcher
-from faas.store.logdb import MAX_EVENT_CHARS, LogSettings, NotFound, event_rows, row_events, split_events
+from faas.store.logdb import (
+    MAX_EVENT_CHARS,
+    LogDatabase,
+    LogSettings,
+    NotFound,
+    Pacer,
+    event_rows,
+    row_events,
+    split_events,
+)
 from faas.store.logstore import LogStore
 
 PRINTER = """
@@ -466,6 +475,28 @@ async def test_store_in_its_own_process(tmp_path):
     finally:
         await store.close()
     assert store._worker is None and first.proc.returncode is not None
+
+
+def test_paced_write_pauses_and_writes_the_same(tmp_path):
+    """The log process's database writes in slices (a pause after each 16 invocations' rows and each INSERT
+    once `work` is spent): the same rows as an unpaced write, with the pauses taken."""
+    batch = [("/g", f"s{n % 3}", b"%d a\n%d b\n" % (n, n), 1_700_000_000 + n) for n in range(300)]
+    plain, paced = LogDatabase(tmp_path / "plain.db"), LogDatabase(tmp_path / "paced.db", Pacer(work=0, pause=0.002))
+    for db in (plain, paced):
+        db.open()
+    try:
+        plain.write(batch)
+        started = time.perf_counter()
+        paced.write(batch)
+        assert time.perf_counter() - started >= (300 // 16 + 300 // 128) * 0.002
+        for stream in ("s0", "s1", "s2"):
+            want, got = (db.events("/g", stream, None, None, None, 1000, True).events for db in (plain, paced))
+            assert [(e.id, e.ts, e.message) for e in got] == [(e.id, e.ts, e.message) for e in want]
+            assert len(want) == 200
+        assert paced.stored_bytes == plain.stored_bytes
+    finally:
+        plain.close()
+        paced.close()
 
 
 def _log_writer_pid(server_pid: int) -> int:
