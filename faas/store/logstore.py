@@ -162,7 +162,7 @@ class LogStore:
             await self._submit(LogDatabase.write_packed, packed)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the database thread after everything recorded so far is written."""
+        """`_run` after everything recorded so far is sent to be written, so `fn` sees it."""
         self._flush_now()
         return await self._run(fn, *args)
 
