@@ -207,9 +207,10 @@ class Pacer:
 
     def __init__(self, work: float = 0.0005, pause: float = 0.0005):
         self.work, self.pause = work, pause
-        self._since = time.perf_counter()
+        self.start()
 
     def start(self) -> None:
+        """A stretch of work begins: `work` seconds from now before the first pause."""
         self._since = time.perf_counter()
 
     def tick(self) -> None:

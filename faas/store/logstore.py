@@ -45,7 +45,7 @@ T = TypeVar("T")
 class LogStore:
     """Log groups, streams and events in `path`. Call `open()`, then `start()` for the periodic pass.
 
-    The database work (`LogDatabase`'s methods, through `_run`) happens on one thread of its own, or with
+    The database work (`LogDatabase`'s methods, through `_submit`) happens on one thread of its own, or with
     `process=True` in a process of its own (`faas.store.log_process`), so that turning logs into rows never
     takes the GIL from the event loop."""
 
@@ -83,7 +83,7 @@ class LogStore:
         else:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="faas-logs")
             self._database = LogDatabase(self.path)
-            await self._run(LogDatabase.open)
+            await self._submit(LogDatabase.open)
 
     async def _start_worker(self) -> None:
         worker = LogProcess(self.path, self._stored)
@@ -116,7 +116,7 @@ class LogStore:
         except Exception:
             log.warning("log store: buffered logs not written before shutdown", exc_info=True)
         try:
-            await self._run(LogDatabase.close)
+            await self._submit(LogDatabase.close)
         except Exception:
             log.warning("log store: not closed cleanly", exc_info=True)
         executor, self._executor = self._executor, None
@@ -129,9 +129,6 @@ class LogStore:
     @property
     def _opened(self) -> bool:
         return self._executor is not None or self._worker is not None
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._submit(fn, *args)
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """`fn`, a `LogDatabase` method, called with `args` on the database thread or in the log store's
@@ -162,9 +159,9 @@ class LogStore:
             await self._submit(LogDatabase.write_packed, packed)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        """`_run` after everything recorded so far is sent to be written, so `fn` sees it."""
+        """`_submit` after everything recorded so far is sent to be written, so `fn` sees it."""
         self._flush_now()
-        return await self._run(fn, *args)
+        return await self._submit(fn, *args)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -206,8 +203,8 @@ class LogStore:
             packed, self._packed = self._packed, bytearray(5)
             packed[:5] = packed_header(self._packed_count)
             self._packed_count = 0
-            # Sent now: a read sent after this flush must find the batch written.
-            future = asyncio.ensure_future(self._write_once_more(self._submit(LogDatabase.write_packed, packed), packed))
+            sent = self._submit(LogDatabase.write_packed, packed)  # now: a read sent after this flush must find it
+            future = asyncio.ensure_future(self._write_once_more(sent, packed))
         else:
             batch, self._pending = self._pending, []
             future = self._submit(LogDatabase.write, batch)
