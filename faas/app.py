@@ -76,7 +76,8 @@ _TRACER: web.AppKey[Tracer] = web.AppKey("tracer", Tracer)
 
 
 def create_app(config: Config) -> web.Application:
-    # Function URL requests (by Host, or under /_faas/url/) are answered before the API's error middleware.
+    # Function URL requests (by Host, or under /_faas/url/) are answered by the one middleware before its API
+    # error handling (faas.api.middleware.aws_errors).
     app = web.Application(middlewares=[aws_errors], client_max_size=config.limits.create_request_bytes)
 
     metrics = Metrics()
